@@ -1,0 +1,348 @@
+"""Typed configuration: one pydantic model per concern, loaded from YAML with `a.b=val` overrides.
+
+Every field has a default and its doc once, in the docstring under it. Unknown keys and bad
+values are reported all at once, by dotted key, before any work starts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used; the message names every bad key."""
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+
+
+# ---------------------------------------------------------------- problems
+class ProblemSourceConfig(StrictModel):
+    kind: Literal["synthetic", "hf", "local"] = "synthetic"
+    """Where problems come from: the built-in generator, a Hugging Face dataset, or a file."""
+    name: str = "synthetic"
+    """hf: `gsm8k`, `math`, `math500` or a hub id; local: a label for the records."""
+    split: str = "train"
+    """Dataset split (hf) or the split label written on the records (local, synthetic)."""
+    path: str | None = None
+    """local: a .jsonl or .parquet file. hf: optional local dir/file in the hub's layout."""
+    fields: dict[str, str] = Field(default_factory=dict)
+    """local/hf: record field -> column, e.g. {question: problem, answer: final}."""
+    answer_format: Literal["auto", "gsm8k", "math", "plain"] = "auto"
+    """How the gold column is read: `#### n` solutions, `\\boxed{}` solutions, or a bare answer."""
+    count: int = 64
+    """synthetic: how many problems."""
+    levels: list[int] = Field(default_factory=lambda: [2, 3, 4])
+    """synthetic: difficulty levels (number of reasoning steps), cycled over the problems."""
+    seed: int = 0
+    """synthetic: generator seed (the split label is mixed in, so train and test differ)."""
+    max_samples: int | None = None
+    """Keep only the first N problems (after loading)."""
+
+
+# ---------------------------------------------------------------- engines
+class SamplingConfig(StrictModel):
+    n: int = Field(1, ge=1)
+    """Completions per request."""
+    temperature: float = Field(0.0, ge=0.0)
+    """0 is greedy."""
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    max_tokens: int = Field(256, ge=1)
+    stop: list[str] = Field(default_factory=list)
+    seed: int | None = 0
+    """Sampling seed; with a seed, the same request gives the same completions."""
+
+
+class VLLMOptions(StrictModel):
+    tensor_parallel_size: int = 1
+    gpu_memory_utilization: float = 0.9
+    max_model_len: int | None = None
+    max_lora_rank: int = 64
+    enforce_eager: bool = False
+
+
+class OpenAIOptions(StrictModel):
+    base_url: str | None = None
+    """OpenAI-compatible endpoint, e.g. http://localhost:8000/v1 (None: the official API)."""
+    api_key_env: str = "OPENAI_API_KEY"
+    """Environment variable holding the key (never put keys in configs)."""
+    max_concurrency: int = Field(16, ge=1)
+    requests_per_minute: float | None = None
+    tokens_per_minute: float | None = None
+    timeout_s: float = 120.0
+    """Per-request timeout."""
+    max_retries: int = 6
+    """Retries on 429, 5xx and timeouts, with jittered exponential backoff."""
+    backoff_s: float = 1.0
+    """First backoff; doubles each retry, capped at 60 s."""
+    cache_dir: str | None = None
+    """On-disk response cache; a re-run pays nothing twice (None: no cache)."""
+    price_per_1m_input: float = 0.0
+    """USD per million prompt tokens (for cost accounting)."""
+    price_per_1m_output: float = 0.0
+    """USD per million completion tokens."""
+    structured_output: bool = False
+    """Ask for JSON through `response_format` (the corrector's JSON variant)."""
+
+
+class EngineConfig(StrictModel):
+    backend: Literal["transformers", "vllm", "openai"] = "transformers"
+    model: str = "smollm2-135m"
+    """Hub id or local dir; `smollm2-135m` is the packaged offline model; `tiny` builds a
+    random tiny model (tests)."""
+    name: str | None = None
+    """Label written on records (default: the model)."""
+    adapter: str | None = None
+    """A LoRA adapter directory to apply (transformers/peft, vLLM LoRA)."""
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """auto: bf16 on GPU, fp32 on CPU."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    batch_size: int = Field(8, ge=1)
+    """transformers: prompts per generate() call."""
+    threads: int | None = None
+    """transformers on CPU: torch threads (None: leave as is)."""
+    vllm: VLLMOptions = Field(default_factory=VLLMOptions)
+    openai: OpenAIOptions = Field(default_factory=OpenAIOptions)
+
+    @property
+    def label(self) -> str:
+        return self.name or self.model
+
+
+class GeneratorConfig(StrictModel):
+    engine: EngineConfig = Field(default_factory=EngineConfig)
+    sampling: SamplingConfig = Field(default_factory=lambda: SamplingConfig(n=4, temperature=0.8))
+
+
+class PoolConfig(StrictModel):
+    min_actors: int = Field(1, ge=1)
+    max_actors: int = Field(1, ge=1)
+    num_cpus: float = 1.0
+    """CPUs per actor (fractional is fine)."""
+    num_gpus: float = 0.0
+    """GPUs per actor (1 for a vLLM actor on a GPU worker)."""
+    batch_size: int = Field(16, ge=1)
+    """Rows per Ray Data batch."""
+    max_restarts: int = 3
+    """How often a dead actor is replaced (its batch is retried)."""
+
+
+# ---------------------------------------------------------------- stages
+class SampleConfig(StrictModel):
+    generators: list[GeneratorConfig] = Field(default_factory=lambda: [GeneratorConfig()])
+    prompt: str = "cot"
+    """Prompt file in lema/prompts (without .yaml) or a path to one."""
+    pool: PoolConfig = Field(default_factory=PoolConfig)
+
+
+class CorrectConfig(StrictModel):
+    corrector: Literal["llm", "reference"] = "llm"
+    """llm: a model on an engine; reference: rebuilds synthetic problems' gold steps (offline)."""
+    engine: EngineConfig = Field(default_factory=EngineConfig)
+    sampling: SamplingConfig = Field(default_factory=lambda: SamplingConfig(max_tokens=512))
+    prompt: Literal["zero_shot", "few_shot", "json"] = "few_shot"
+    k: int = Field(1, ge=1)
+    """Corrections tried per path; the first verified one is kept."""
+    max_paths: int | None = None
+    """Correct at most N inaccurate paths (None: all)."""
+    pool: PoolConfig = Field(default_factory=PoolConfig)
+
+
+class DataConfig(StrictModel):
+    cot_source: Literal["gold", "sampled", "both"] = "gold"
+    """CoT examples from gold solutions, verified-correct sampled paths, or both."""
+    correction_ratio: float | None = None
+    """Correction examples per CoT example (None: keep all verified corrections)."""
+    include_corrections: bool = True
+    """False builds the CoT-only baseline."""
+    decontaminate_ngram: int = Field(13, ge=3)
+    """Drop training examples sharing an n-gram of this many words with an eval question."""
+    eval_fraction: float = Field(0.05, ge=0.0, lt=1.0)
+    """Held out for eval loss."""
+    seed: int = 0
+
+
+class LoraConfig(StrictModel):
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    target_modules: list[str] | str = "all-linear"
+
+
+class TrainConfig(StrictModel):
+    base_model: str | None = None
+    """Model to fine-tune (None: the first generator's model)."""
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+    learning_rate: float = 2e-4
+    epochs: float = 1.0
+    max_steps: int | None = None
+    """Stop after N optimizer steps (overrides epochs)."""
+    batch_size: int = 4
+    grad_accum: int = 1
+    max_seq_len: int = 1024
+    warmup_ratio: float = 0.03
+    weight_decay: float = 0.0
+    eval_every: int = 50
+    checkpoint_every: int = 50
+    """Optimizer steps between checkpoints (and Ray Train reports)."""
+    num_workers: int = 1
+    use_gpu: bool = False
+    cpus_per_worker: float = 1.0
+    max_failures: int = 2
+    """Worker failures tolerated; training resumes from the last checkpoint."""
+    merge: bool = False
+    """Also save the adapter merged into the base weights."""
+    seed: int = 0
+
+
+class EvaluateConfig(StrictModel):
+    datasets: list[ProblemSourceConfig] = Field(
+        default_factory=lambda: [ProblemSourceConfig(split="test", count=32)]
+    )
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+    """n=1, temperature 0 gives greedy pass@1; n>1 adds pass@k and majority vote."""
+    k: list[int] = Field(default_factory=lambda: [1])
+    base: bool = True
+    """Also evaluate the base model (for the base vs adapter table)."""
+    engine: EngineConfig = Field(default_factory=EngineConfig)
+    """Engine settings for evaluation (model and adapter are filled in by the pipeline)."""
+    pool: PoolConfig = Field(default_factory=PoolConfig)
+
+
+class RayConfig(StrictModel):
+    address: str | None = None
+    """None: join a running cluster if there is one (ray job submit), else start locally."""
+    num_cpus: int | None = None
+    """Logical CPUs when starting locally (more than cores keeps read tasks from starving)."""
+
+
+class LemaConfig(StrictModel):
+    run: str = "demo"
+    """Run name: outputs go to <output_dir>/<run>/<stage>/."""
+    output_dir: str = "runs"
+    """Local path or a pyarrow filesystem URI (s3://...)."""
+    seed: int = 0
+    dry_run: bool = False
+    """Validate the config, print the plan, do nothing."""
+    grading_mode: Literal["robust", "lema_compat"] = "robust"
+    problems: ProblemSourceConfig = Field(default_factory=ProblemSourceConfig)
+    sample: SampleConfig = Field(default_factory=SampleConfig)
+    correct: CorrectConfig = Field(default_factory=CorrectConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    ray: RayConfig = Field(default_factory=RayConfig)
+
+
+# ---------------------------------------------------------------- loading
+def _format_errors(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "<root>"
+        if e["type"] == "extra_forbidden":
+            lines.append(f"  {key}: unknown key")
+        else:
+            lines.append(f"  {key}: {e['msg']} (got {e.get('input')!r})")
+    return "\n".join(lines)
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set `a.b.0.c` in a nested dict/list tree, creating dicts on the way."""
+    parts = dotted.split(".")
+    node: Any = tree
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        if isinstance(node, list):
+            try:
+                idx = int(part)
+                node[idx]
+            except (ValueError, IndexError) as e:
+                raise ConfigError(f"override {dotted!r}: {part!r} is not an index of a list "
+                                  f"of {len(node)}") from e
+            if last:
+                node[idx] = value
+            else:
+                node = node[idx]
+            continue
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {dotted!r}: {'.'.join(parts[:i])!r} is not a mapping")
+        if last:
+            node[part] = value
+        else:
+            node = node.setdefault(part, {})
+
+
+def parse_overrides(items: list[str]) -> list[tuple[str, Any]]:
+    """`key.sub=value` strings to (key, value); values are read as YAML (1, true, [a, b])."""
+    out = []
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form key.sub=value")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError:
+            value = raw
+        out.append((key.strip(), value))
+    return out
+
+
+def _defaults_tree(model: type[BaseModel]) -> dict[str, Any]:
+    return model().model_dump(mode="python")
+
+
+def load_config(
+    path: str | Path | None = None,
+    overrides: list[str] | None = None,
+    model: type[StrictModel] = LemaConfig,
+) -> Any:
+    """Load a YAML config (or the defaults), apply overrides, validate.
+
+    Raises:
+        ConfigError: naming every unknown key and bad value at once.
+    """
+    tree: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {str(p)!r} does not exist")
+        try:
+            tree = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {str(p)!r} is not valid YAML: {e}") from e
+        if not isinstance(tree, dict):
+            raise ConfigError(f"config file {str(p)!r} must hold a mapping at the top")
+    pairs = parse_overrides(overrides or [])
+    if pairs:
+        # Lists in overrides index into the defaults when the file does not set them.
+        merged = _defaults_tree(model)
+        _deep_update(merged, tree)
+        tree = merged
+        for key, value in pairs:
+            _set_dotted(tree, key, value)
+    try:
+        return model.model_validate(tree)
+    except ValidationError as e:
+        where = f" in {path}" if path else ""
+        raise ConfigError(f"invalid configuration{where}:\n{_format_errors(e)}") from e
+
+
+def _deep_update(base: dict[str, Any], new: dict[str, Any]) -> None:
+    for k, v in new.items():
+        if isinstance(v, dict) and isinstance(base.get(k), dict):
+            _deep_update(base[k], v)
+        else:
+            base[k] = v
+
+
+def config_hash(cfg: BaseModel | dict[str, Any]) -> str:
+    """A stable hash of a config (or a part of it), for manifests and stage skipping."""
+    data = cfg.model_dump(mode="json") if isinstance(cfg, BaseModel) else cfg
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
