@@ -1,0 +1,97 @@
+"""The evaluate stage: pass@1 (greedy), pass@k and majority vote, base model vs base+adapter.
+
+Evaluation is sampling on test problems with the same actor pool and engines as the sample
+stage; every per-problem prediction is kept as a Path part (`part-<dataset>--<variant>-*`).
+Run alone: `python -m pipelines.evaluate CONFIG [key=val ...]`.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+from lema.config import EvaluateConfig, GeneratorConfig, LemaConfig, ProblemSourceConfig
+from lema.metrics import majority_vote, pass_at_k
+from lema.records import EvalResult, Problem
+from lema.sources import load_problems
+from pipelines.pool import Timer, make_chunks, run_chunks
+from pipelines.sample import SampleStage
+from pipelines.stage_io import StageDir
+
+
+def eval_label(src: ProblemSourceConfig) -> str:
+    return f"{src.name}-{src.split}"
+
+
+def load_eval_problems(cfg: EvaluateConfig) -> dict[str, list[Problem]]:
+    """Each evaluation set's problems, by label (rejected rows are left out and logged)."""
+    sets = {}
+    for src in cfg.datasets:
+        res = load_problems(src)
+        if res.rejects:
+            print(f"evaluate: {eval_label(src)}: {res.counts()['rejected']} malformed rows set aside")
+        sets[eval_label(src)] = res.problems
+    return sets
+
+
+def score(paths: list[dict[str, Any]], ks: list[int]) -> dict[str, Any]:
+    """pass@1, pass@k (unbiased estimator) and majority-vote accuracy over per-problem samples."""
+    by_problem: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for p in paths:
+        by_problem[p["problem_id"]].append(p)
+    if not by_problem:
+        return {"problems": 0, "pass_at_1": 0.0, "pass_at_k": {}, "majority": None}
+    n = min(len(v) for v in by_problem.values())
+    passes = {k: 0.0 for k in ks if k <= n}
+    pass1 = majority = 0.0
+    for samples in by_problem.values():
+        samples = sorted(samples, key=lambda p: p["sample_index"])
+        c = sum(bool(p["correct"]) for p in samples)
+        pass1 += pass_at_k(len(samples), c, 1)
+        for k in passes:
+            passes[k] += pass_at_k(len(samples), c, k)
+        winner = majority_vote([p["predicted_answer"] for p in samples])
+        majority += any(p["correct"] for p in samples if winner is not None and p["predicted_answer"] == winner)
+    m = len(by_problem)
+    return {
+        "problems": m,
+        "n": n,
+        "pass_at_1": round(pass1 / m, 4),
+        "pass_at_k": {str(k): round(v / m, 4) for k, v in passes.items()},
+        "majority": round(majority / m, 4) if n > 1 else None,
+    }
+
+
+def run_evaluate(cfg: LemaConfig, base_model: str, adapter: str | None, stage: StageDir,
+                 stage_hash: str) -> dict[str, Any]:
+    """Evaluate the base model and the adapter on every evaluation set; write the table."""
+    timer = Timer()
+    ev = cfg.evaluate
+    variants = ([("base", None)] if ev.base or adapter is None else []) + ([("adapter", adapter)] if adapter else [])
+    pool = ev.pool
+    results: list[EvalResult] = []
+    for label, problems in load_eval_problems(ev).items():
+        rows = [p.to_dict() for p in problems]
+        for variant, adapter_dir in variants:
+            engine = ev.engine.model_copy(update={"model": base_model, "adapter": adapter_dir,
+                                                  "name": f"{base_model}+{variant}"})
+            gen = GeneratorConfig(engine=engine, sampling=ev.sampling)
+            prefix = f"{label}--{variant}-"
+            for _ in run_chunks(
+                stage, make_chunks(rows, pool.batch_size, prefix=prefix), SampleStage,
+                {"generator": gen.model_dump(mode="json"), "prompt": cfg.sample.prompt,
+                 "grading_mode": cfg.grading_mode, "threads": max(1, int(pool.num_cpus))},
+                pool, desc=f"evaluate {label} {variant}",
+            ):
+                pass
+            preds = [r for r in stage.read_rows() if r["generator"] == engine.label
+                     and r["problem_id"] in {p.id for p in problems}]
+            s = score(preds, ev.k)
+            results.append(EvalResult(
+                model=base_model, adapter=adapter_dir, dataset=label, n=s.get("n", 0),
+                problems=s["problems"], pass_at_1=s["pass_at_1"], pass_at_k=s["pass_at_k"],
+                majority=s["majority"], predictions_file=stage.part_path(prefix + "*"),
+            ))
+    table = [dict(r.to_dict(), variant="adapter" if r.adapter else "base") for r in results]
+    stage.write_json("results.json", table)
+    return stage.write_manifest(stage_hash, results=table, wall_s=timer.seconds)
