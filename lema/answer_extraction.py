@@ -1,0 +1,254 @@
+"""Final-answer extraction from free-form solutions, and answer normalisation.
+
+Pure string work (no sympy): pulls the final answer out of model text or a gold solution
+(`#### n`, "The answer is", `\\boxed{}`/`\\fbox{}`, a final `A: n` line, else the last number)
+and rewrites answers into a canonical form before they are compared (see `lema.grading`).
+"""
+
+from __future__ import annotations
+
+import re
+from fractions import Fraction
+
+NUMERIC_DATASETS = ("gsm8k", "synthetic")
+LATEX_DATASETS = ("math", "math500")
+MAX_NUMBER_CHARS = 400  # longer "numbers" are junk (and Python caps int<->str at 4300 digits)
+
+_NUMBER = r"(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|\.\d+"
+_NUMBER_RE = re.compile(rf"(?:(?<![\w.])-)?(?:{_NUMBER})(?:\s*/\s*(?:{_NUMBER}))?")
+_HASHES_RE = re.compile(r"####\s*([^\n]*)")
+_PHRASE_RE = re.compile(
+    r"\b(?:the\s+(?:final\s+)?answer\s+is|final\s+answer\s*(?:is|:))\s*:?[ \t]*"
+    r"|^[ \t*#]*answer\s*:[ \t]*",  # "Answer:" only at the start of a line
+    re.IGNORECASE | re.MULTILINE,
+)
+_A_LINE_RE = re.compile(r"^[ \t]*A:[ \t]*(\S[^\n]*)$", re.MULTILINE)
+_BOX_BRACE_RE = re.compile(r"\\(?:boxed|fbox)\s*\{|[{}]")
+_BARE_BOX_RE = re.compile(r"\\(?:boxed|fbox)\s+([^\s{$][^\s$]*)")
+_MATH_SPAN_RE = re.compile(r"\$\$(.+?)\$\$|\$(.+?)\$|\\\((.+?)\\\)|\\\[(.+?)\\\]", re.DOTALL)
+_TEXT_WRAP_RE = re.compile(r"^\\(?:text|textbf|mathrm|mbox|textrm|mathbf|textit)\{(.*)\}$")
+_TRAILING_UNIT_RE = re.compile(
+    r"(?<=\S)\s*\\(?:text|mbox|mathrm|textrm)\{\s*[a-zA-Z][a-zA-Z .]*\}(?:\^\{?[23]\}?)?$"
+)
+_WORD_UNIT_RE = re.compile(
+    rf"^(-?(?:{_NUMBER})(?:/\d+)?)\s+[a-zA-Z]{{2,}}\.?(?:\s+[a-zA-Z]{{2,}}\.?)*(?:\^\{{?[23]\}}?)?$"
+)
+_VAR_EQ_RE = re.compile(r"^\s*[a-zA-Z](?:_\{?\w+\}?)?\s*=\s*(?=\S)")
+_CHOICE_RE = re.compile(r"^\(?([A-Ea-e])\)$|^\(([A-Ea-e])\)?$")
+_THOUSANDS_RE = re.compile(r"^-?\d{1,3}(?:,\d{3})+(?:\.\d+)?$")
+_FRAC_RE = re.compile(r"^(-?)\\frac\{(-?\d+)\}\{(-?\d+)\}$|^(-?)\\frac(\d)(\d)$")
+_SIMPLE_NUMBER_RE = re.compile(r"^[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:/[-+]?\d+)?$")
+
+
+def find_last_boxed(text: str) -> tuple[int, str] | None:
+    r"""The start and contents of the last `\boxed{...}` or `\fbox{...}` (nested braces ok).
+
+    One pass over the braces, so a text of many unclosed boxes costs linear time.
+    """
+    found: tuple[int, str] | None = None
+    open_boxes: list[tuple[int, int, int]] = []  # (brace depth, box start, content start)
+    depth = 0
+    for m in _BOX_BRACE_RE.finditer(text):
+        token = m.group(0)
+        if token == "}":
+            if open_boxes and open_boxes[-1][0] == depth:
+                _, start, content = open_boxes.pop()
+                if found is None or start > found[0]:
+                    found = (start, text[content: m.start()])
+            depth = max(0, depth - 1)
+            continue
+        depth += 1
+        if token != "{":
+            open_boxes.append((depth, m.start(), m.end()))
+    for m in _BARE_BOX_RE.finditer(text):  # `\boxed 5`
+        if found is None or m.start() > found[0]:
+            found = (m.start(), m.group(1))
+    return found
+
+
+def _cut_phrase(span: str) -> str:
+    """The answer in the text after "The answer is": a math span, else up to the sentence end."""
+    span = span.strip()
+    m = _MATH_SPAN_RE.match(span)
+    if m:
+        return next(g for g in m.groups() if g is not None)
+    end = re.search(r"\.(?=\s|$)|\n", span)
+    return span[: end.start()] if end else span
+
+
+def _marked_answer(text: str, allow_last_number: bool) -> str | None:
+    """The answer after the latest marker (`####`, boxed, answer phrase, final `A:` line)."""
+    candidates: list[tuple[int, str]] = []
+    hashes = list(_HASHES_RE.finditer(text))
+    if hashes:
+        candidates.append((hashes[-1].start(), hashes[-1].group(1)))
+    boxed = find_last_boxed(text)
+    if boxed:
+        candidates.append(boxed)
+    phrases = list(_PHRASE_RE.finditer(text))
+    if phrases:
+        candidates.append((phrases[-1].start(), _cut_phrase(text[phrases[-1].end():])))
+    a_lines = list(_A_LINE_RE.finditer(text))
+    if a_lines and not text[a_lines[-1].end():].strip():
+        candidates.append((a_lines[-1].start(), a_lines[-1].group(1)))
+    for _, answer in sorted(candidates, reverse=True):
+        answer = clean_answer(answer)
+        if answer:
+            return answer
+    if allow_last_number:
+        numbers = _NUMBER_RE.findall(text)
+        return numbers[-1] if numbers else None
+    return None
+
+
+def clean_answer(answer: str) -> str:
+    """Strip math delimiters, a wrapping box, and trailing punctuation from an answer span."""
+    answer = answer.strip()
+    m = _MATH_SPAN_RE.fullmatch(answer)
+    if m:
+        answer = next(g for g in m.groups() if g is not None).strip()
+    boxed = find_last_boxed(answer)
+    if boxed and boxed[0] == 0 and answer.endswith("}"):
+        answer = boxed[1].strip()
+    answer = answer.strip(" \t\n$")
+    return re.sub(r"(?:\s*[.;:!]|\\\.)+$", "", answer).strip()
+
+
+def first_number(span: str) -> str | None:
+    """The first number in an answer span (after its last `=`), canonical; None if none."""
+    span = span.replace("{,}", ",").rsplit("=", 1)[-1]
+    value = parse_number(span)
+    if value is not None:
+        return format_number(value)
+    m = _NUMBER_RE.search(span.replace("\\$", "$"))
+    value = parse_number(m.group(0)) if m else None
+    return None if value is None else format_number(value)
+
+
+def extract_answer(text: str, dataset: str = "gsm8k") -> str | None:
+    """The final answer in free-form model text, or None when there is none.
+
+    Args:
+        text: a model's solution.
+        dataset: `gsm8k`/`synthetic` return a canonical number ("1234", "-3.5", "3/4");
+            other datasets return the LaTeX answer as written (delimiters stripped).
+    Returns:
+        The answer string, or None.
+    """
+    answer = _marked_answer(text, allow_last_number=True)
+    if answer is None or dataset.lower() not in NUMERIC_DATASETS:
+        return answer
+    return first_number(answer)
+
+
+def gold_answer(gold: str, dataset: str = "gsm8k") -> str | None:
+    """The gold final answer from a bare answer or a whole solution (`#### n`, boxed, `A: n`).
+
+    Returns None when a numeric dataset's gold holds no number or the gold is empty.
+    """
+    answer = _marked_answer(gold, allow_last_number=False)
+    if answer is None:
+        answer = clean_answer(gold)
+    if not answer:
+        return None
+    if dataset.lower() in NUMERIC_DATASETS:
+        return first_number(answer)
+    return answer
+
+
+def parse_number(answer: str) -> Fraction | None:
+    """The exact value of a plain numeric answer ("$1,234.50", "3/4", "\\frac{1}{2}", "12 cm").
+
+    Returns None for anything that is not a single number (expressions, lists, words).
+    """
+    if len(answer) > MAX_NUMBER_CHARS:
+        return None
+    s = strip_decorations(answer).replace(" ", "")
+    if _THOUSANDS_RE.match(s):
+        s = s.replace(",", "")
+    m = _FRAC_RE.match(s)
+    if m:
+        sign, num, den = (m.group(1), m.group(2), m.group(3)) if m.group(2) else m.group(4, 5, 6)
+        s = f"{sign}{num}/{den}"
+        s = s.removeprefix("--")
+    if not _SIMPLE_NUMBER_RE.match(s):
+        return None
+    try:
+        return Fraction(s)
+    except (ValueError, ZeroDivisionError):
+        return None
+
+
+def format_number(value: Fraction) -> str:
+    """Canonical text of a number: "18", "-3.5", "1/3" (finite decimals as decimals)."""
+    if value.denominator == 1:
+        return str(value.numerator)
+    den = value.denominator
+    for p in (2, 5):
+        while den % p == 0:
+            den //= p
+    if den != 1:
+        return f"{value.numerator}/{value.denominator}"
+    return _decimal(value)
+
+
+def _decimal(value: Fraction) -> str:
+    sign = "-" if value < 0 else ""
+    value = abs(value)
+    whole, rest = divmod(value.numerator, value.denominator)
+    digits = []
+    while rest:
+        rest *= 10
+        d, rest = divmod(rest, value.denominator)
+        digits.append(str(d))
+    return f"{sign}{whole}." + "".join(digits)
+
+
+def strip_decorations(answer: str) -> str:
+    r"""Drop what never changes an answer's value: `$`, `\%`, degrees, units, `\left`, `x =`."""
+    s = answer.strip()
+    m = _MATH_SPAN_RE.fullmatch(s)
+    if m:
+        s = next(g for g in m.groups() if g is not None).strip()
+    s = re.sub(r"\\[dt]frac", r"\\frac", s)
+    s = re.sub(r"\\left\b|\\right\b", "", s)
+    s = re.sub(r"(?<!\\)\\[!,;: ]|~", " ", s).replace("{,}", ",")
+    s = re.sub(r"\^\s*\{?\\circ\}?|°|\\degree", "", s)
+    s = re.sub(r"\s*(?:\\%|%|\\text\{\s*\\?%\})$", "", s)
+    s = re.sub(r"^(-?)\\?\$\s*", r"\1", s).replace("\\$", "")
+    s = _TRAILING_UNIT_RE.sub("", s)
+    s = re.sub(r"\s+(?:dollars?|percent|degrees?|cents?)\.?$", "", s, flags=re.IGNORECASE)
+    s = _WORD_UNIT_RE.sub(r"\1", s)
+    if s.count("=") == 1 and "," not in s:
+        s = _VAR_EQ_RE.sub("", s)
+    elif "=" in s and "," in s:
+        parts = [_VAR_EQ_RE.sub("", p) for p in s.split(",")]
+        s = ",".join(parts) if all("=" not in p for p in parts) else s
+    return re.sub(r"(?:\s*[.;]|\\\.)+$", "", re.sub(r"\s+", " ", s)).strip()
+
+
+def normalize_answer(answer: str, dataset: str = "gsm8k") -> str:
+    """A canonical form of an answer, stable under re-normalisation.
+
+    Numbers become canonical numerals ("$1,234.00" -> "1234"); other answers lose math
+    delimiters, `\\left`/`\\right`, `\\dfrac`, units, degrees, percent signs and a leading
+    `x =`; a whole `\\text{...}` is unwrapped and a multiple-choice letter becomes "C".
+    """
+    value = parse_number(answer)
+    numeric = dataset.lower() in NUMERIC_DATASETS
+    if value is not None and (numeric or not re.search(r"frac|/", answer)):
+        return format_number(value)
+    if numeric:
+        number = first_number(answer)
+        if number is not None:
+            return number
+    s = strip_decorations(clean_answer(answer))
+    m = _TEXT_WRAP_RE.match(s)
+    if m and "}" not in m.group(1):
+        s = m.group(1).strip()
+    choice = _CHOICE_RE.match(s)
+    if choice:
+        return (choice.group(1) or choice.group(2)).upper()
+    if _THOUSANDS_RE.match(s):
+        s = s.replace(",", "")
+    return s
