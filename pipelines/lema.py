@@ -41,7 +41,8 @@ def init_ray(cfg: LemaConfig) -> None:
     if address:
         ray.init(address=address, runtime_env=env, log_to_driver=True)
     else:
-        ray.init(num_cpus=cfg.ray.num_cpus, include_dashboard=False, runtime_env=env)
+        # address="local": a fresh local cluster, never some other process's
+        ray.init(address="local", num_cpus=cfg.ray.num_cpus, include_dashboard=False, runtime_env=env)
 
 
 class Run:
@@ -135,7 +136,7 @@ def main_pipeline(cfg: LemaConfig, from_stage: str | None = None) -> str:
         result = run_training(data_dir.file_path("train.jsonl"), cfg.train.model_copy(
             update={"base_model": base_model}), storage_dir=d.path, name="ray_train",
             eval_path=data_dir.file_path("held_out.jsonl"))
-        manifest = result.to_manifest()
+        manifest = {**result.to_manifest(), "history": result.history}
         run.end("train", d.write_manifest(run.hashes["train"], **manifest))
     adapter = d.manifest()["adapter_dir"]
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -36,7 +37,6 @@ def run_chunks(
         pool: actor counts, CPUs/GPUs per actor, restarts.
     """
     import ray
-    from ray.data import ActorPoolStrategy
     from tqdm import tqdm
 
     done = stage.done_parts()
@@ -44,16 +44,9 @@ def run_chunks(
     if not pending:
         return
     ds = ray.data.from_items(pending, override_num_blocks=len(pending))
-    out = ds.map_batches(
-        actor_cls,
-        fn_constructor_kwargs=ctor_kwargs,
-        batch_size=1,
-        compute=ActorPoolStrategy(min_size=pool.min_actors, max_size=pool.max_actors),
-        num_cpus=pool.num_cpus,
-        num_gpus=pool.num_gpus or None,
-        max_restarts=pool.max_restarts,
-        max_task_retries=pool.max_restarts,
-    )
+    with warnings.catch_warnings():  # Ray 2.60 has no named parameter for actor restarts yet
+        warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated")
+        out = _map(ds, actor_cls, ctor_kwargs, pool)
     with tqdm(total=len(pending), desc=desc, unit="chunk") as bar:
         for batch in out.iter_batches(batch_size=None, batch_format="pandas"):
             for row in batch.to_dict("records"):
@@ -62,6 +55,22 @@ def run_chunks(
                 stage.write_part(row["chunk_id"], json.loads(row["records"]))
                 bar.update(1)
                 yield side
+
+
+def _map(ds: Any, actor_cls: type, ctor_kwargs: dict[str, Any], pool: PoolConfig) -> Any:
+    """The one place pool sizes, CPUs/GPUs and restarts reach `map_batches`."""
+    from ray.data import ActorPoolStrategy
+
+    return ds.map_batches(
+        actor_cls,
+        fn_constructor_kwargs=ctor_kwargs,
+        batch_size=1,
+        compute=ActorPoolStrategy(min_size=pool.min_actors, max_size=pool.max_actors),
+        num_cpus=pool.num_cpus,
+        num_gpus=pool.num_gpus or None,
+        max_restarts=pool.max_restarts,  # a dead actor is replaced, its chunk retried
+        max_task_retries=pool.max_restarts,
+    )
 
 
 def read_sides(stage: StageDir) -> list[dict[str, Any]]:

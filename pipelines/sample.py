@@ -64,7 +64,8 @@ def run_sample(cfg: LemaConfig, problems: list[Problem], stage: StageDir, stage_
         ):
             pass
     paths = stage.read_rows()
-    rejects = [r for side in read_sides(stage) for r in side.get("rejects", [])]
+    # each generator sees the same malformed problems: count each once
+    rejects = list({r["id"]: r for side in read_sides(stage) for r in side.get("rejects", [])}.values())
     figures = summarize_paths(paths)
     reasons: dict[str, int] = {}
     for r in rejects:
@@ -74,7 +75,7 @@ def run_sample(cfg: LemaConfig, problems: list[Problem], stage: StageDir, stage_
         problems=len(problems),
         generators=[g.engine.label for g in cfg.sample.generators],
         **figures,
-        rejected=len(rejects) // max(1, len(cfg.sample.generators)),
+        rejected=len(rejects),
         reject_reasons=reasons,
         wall_s=timer.seconds,
         tokens_per_s=round(figures["tokens"] / max(timer.seconds, 1e-9), 2),

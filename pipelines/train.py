@@ -1,0 +1,305 @@
+"""The train stage: a LoRA fine-tune on Ray Train (`TorchTrainer`), resumable from checkpoints.
+
+`build_trainer` builds the ScalingConfig/RunConfig on the driver and hands each worker a plain
+dict; `train_loop_per_worker` runs the loop body from `lema.sft`, reports a checkpoint (adapter,
+optimizer, scheduler, step, history) every `checkpoint_every` steps and at the end, and writes
+the final artifacts (adapter + tokenizer, optional merged model) into the last checkpoint.
+Reports happen only with checkpoints: in Train V2 each `report()` blocks for about one
+controller health-check interval (RAY-NOTES).
+
+    python -m pipelines.train configs/demo.yaml --data runs/demo/data/train.jsonl \\
+        --eval-data runs/demo/data/held_out.jsonl train.max_steps=20
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from lema.config import TrainConfig, load_config
+from lema.records import Example
+
+ExamplesOrPath = Sequence[Example] | Sequence[dict] | str | os.PathLike
+Messages = list[dict[str, str]]
+HISTORY_FILE = "history.json"
+
+
+@dataclass
+class TrainResult:
+    """What a finished fine-tune left behind, and its figures."""
+
+    adapter_dir: str  # adapter_config.json + weights + tokenizer (PeftModel.from_pretrained)
+    merged_dir: str | None  # base weights with the adapter merged in (cfg.merge)
+    history: list[dict[str, Any]]  # per step: step, train_loss, lr, tokens, ..., eval_loss
+    steps: int
+    train_tokens: int  # input tokens (prompt + completion, no padding) seen by the optimizer
+    wall_s: float  # the whole fit(), start-up included
+    final_train_loss: float | None
+    final_eval_loss: float | None
+    checkpoint_dir: str = ""  # the last checkpoint (holds the adapter dir)
+    history_file: str = ""
+    restarts: int = 0  # worker-group restarts recovered from checkpoints
+
+    def to_manifest(self) -> dict[str, Any]:
+        """Figures for the stage manifest (the history stays in its own JSON file)."""
+        out = asdict(self)
+        out.pop("history")
+        return out
+
+
+# ---------------------------------------------------------------- data
+def _rows_from_file(path: str) -> list[dict[str, Any]]:
+    if path.endswith((".jsonl", ".json")):
+        with open(path) as f:
+            return [json.loads(line) for line in f if line.strip()]
+    if path.endswith(".parquet") or Path(path).is_dir():
+        import pyarrow.parquet as pq
+
+        return pq.read_table(path).to_pylist()
+    raise ValueError(f"training data {path!r}: expected a .jsonl/.parquet file or a Parquet dir")
+
+
+def load_chats(data: ExamplesOrPath) -> tuple[list[Messages], list[Messages]]:
+    """Examples, example dicts or a JSONL/Parquet file -> (train chats, eval chats) by `split`."""
+    if isinstance(data, (str, os.PathLike)):
+        rows: Sequence[Any] = _rows_from_file(os.fspath(data))
+    else:
+        rows = data
+    train, held_out = [], []
+    for i, row in enumerate(rows):
+        ex = row if isinstance(row, Example) else Example.from_dict({"id": str(i), "kind": "cot",
+                                                                     **row})
+        (held_out if ex.split == "eval" else train).append(
+            [{"role": m["role"], "content": m["content"]} for m in ex.messages]
+        )
+    return train, held_out
+
+
+# ---------------------------------------------------------------- worker
+def _save_checkpoint_and_report(
+    step: int, metrics: dict[str, Any], state: dict[str, Any], final: bool
+) -> None:
+    """Rank 0 writes the checkpoint (plus final artifacts); every rank reports (a barrier)."""
+    import ray.train
+
+    from lema.sft import ADAPTER_DIR, save_training_state
+
+    with tempfile.TemporaryDirectory() as tmp:
+        checkpoint = None
+        if state["rank"] == 0:
+            model = state["model"]
+            save_training_state(tmp, model, state["optimizer"], state["scheduler"], step,
+                                state["history"], state["extra"])
+            if final:
+                state["tokenizer"].save_pretrained(Path(tmp) / ADAPTER_DIR)
+                if state["merge"]:
+                    merged = model.merge_and_unload()
+                    merged.save_pretrained(Path(tmp) / "merged")
+                    state["tokenizer"].save_pretrained(Path(tmp) / "merged")
+            checkpoint = ray.train.Checkpoint.from_directory(tmp)
+        ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=f"checkpoint_{step:06d}")
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """The per-worker function: load, (restore), train, checkpoint. `config` is a plain dict."""
+    import ray
+    import ray.train
+    import ray.train.torch
+    import torch
+
+    from lema import sft
+    from lema.models import load_model_and_tokenizer
+
+    cfg = TrainConfig.model_validate(config["train"])
+    if cfg.torch_threads is not None:
+        torch.set_num_threads(cfg.torch_threads)
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+    torch.manual_seed(cfg.seed)
+
+    # ---- model and data
+    dtype = "bfloat16" if device.type == "cuda" else "float32"
+    base, tokenizer = load_model_and_tokenizer(cfg.base_model, dtype=dtype, device="cpu")
+    train_chats, eval_chats = ray.get(config["data"])
+    train_features, dropped = sft.tokenize_chats(train_chats, tokenizer, cfg.max_seq_len)
+    eval_features, _ = sft.tokenize_chats(eval_chats, tokenizer, cfg.max_seq_len)
+    model = sft.build_lora_model(base, cfg.lora)
+    wrapped = ray.train.torch.prepare_model(model)  # to device; DDP when world > 1
+    plan = sft.plan_training(len(train_features), cfg.batch_size, cfg.grad_accum, cfg.epochs,
+                             cfg.max_steps, cfg.warmup_ratio, world)
+    optimizer, scheduler = sft.build_optimizer_and_scheduler(
+        model, cfg.learning_rate, cfg.weight_decay, plan)
+
+    # ---- resume from the last checkpoint, if this is a restart (or a re-run of the same name)
+    start, history, extra = 0, [], {"restarts": 0}
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as ckpt_dir:
+            start, history, extra = sft.load_training_state(ckpt_dir, model, optimizer, scheduler)
+        extra["restarts"] += 1
+    state = {"rank": rank, "model": model, "optimizer": optimizer, "scheduler": scheduler,
+             "history": history, "extra": extra, "tokenizer": tokenizer, "merge": cfg.merge}
+
+    # ---- train
+    spec = sft.LoopSpec(plan=plan, eval_every=cfg.eval_every, eval_batch_size=cfg.batch_size,
+                        max_grad_norm=cfg.max_grad_norm, seed=cfg.seed, rank=rank)
+    collator = sft.build_collator(tokenizer.pad_token_id)
+    t0 = time.perf_counter()
+    for record in sft.iterate_training(wrapped, optimizer, scheduler, train_features,
+                                       eval_features, collator, spec, device, start_step=start):
+        record["restarts"] = extra["restarts"]
+        history.append(record)
+        step = record["step"]
+        if step == cfg.crash_at_step and extra["restarts"] == 0:  # fault-tolerance tests only
+            os.kill(os.getpid(), signal.SIGKILL)
+        final = step == plan.total_steps
+        if step % cfg.checkpoint_every == 0 or final:
+            metrics = _summary(history, extra, dropped, time.perf_counter() - t0)
+            _save_checkpoint_and_report(step, metrics, state, final)
+    if start >= plan.total_steps:  # a re-run of a finished run: its last checkpoint stands
+        ray.train.report(_summary(history, extra, dropped, 0.0), checkpoint=None)
+
+
+def _summary(history: list[dict[str, Any]], extra: dict[str, Any], dropped: int,
+             loop_s: float) -> dict[str, Any]:
+    evals = [h["eval_loss"] for h in history if h.get("eval_loss") is not None]
+    return {
+        "step": history[-1]["step"] if history else 0,
+        "train_loss": history[-1]["train_loss"] if history else None,
+        "eval_loss": evals[-1] if evals else None,
+        "train_tokens": sum(h["tokens"] for h in history),
+        "restarts": extra["restarts"],
+        "dropped_examples": dropped,
+        "loop_s": loop_s,
+    }
+
+
+# ---------------------------------------------------------------- driver
+def _storage_path(storage_dir: str) -> str:
+    return storage_dir if "://" in storage_dir else str(Path(storage_dir).resolve())
+
+
+def build_trainer(
+    examples_or_path: ExamplesOrPath,
+    cfg: TrainConfig,
+    storage_dir: str,
+    name: str,
+    eval_path: ExamplesOrPath | None = None,
+):
+    """A `TorchTrainer` for this fine-tune (Ray must be initialised).
+
+    Args:
+        examples_or_path: Examples (or their dicts) or a JSONL/Parquet file; rows with
+            split == "eval" are held out for the eval loss.
+        cfg: the train config; `base_model` must be set.
+        storage_dir: local dir or URI for checkpoints; the run lives in <storage_dir>/<name>.
+        name: run name (re-using it resumes that run from its last checkpoint).
+        eval_path: more held-out examples (all used for the eval loss).
+    """
+    import ray
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    if not cfg.base_model:
+        raise ValueError("train.base_model is not set (the pipeline fills in the generator model)")
+    train, held_out = load_chats(examples_or_path)
+    if eval_path is not None:
+        extra_train, extra_eval = load_chats(eval_path)
+        held_out += extra_train + extra_eval
+    if not train:
+        raise ValueError(f"no training examples in {examples_or_path!r:.200}")
+    scaling = ScalingConfig(
+        num_workers=cfg.num_workers,
+        use_gpu=cfg.use_gpu,
+        resources_per_worker={"CPU": cfg.cpus_per_worker},  # use_gpu adds GPU: 1
+    )
+    run = RunConfig(
+        name=name,
+        storage_path=_storage_path(storage_dir),
+        failure_config=FailureConfig(max_failures=cfg.max_failures),
+        checkpoint_config=CheckpointConfig(num_to_keep=2),
+    )
+    loop_config = {"train": cfg.model_dump(mode="json"), "data": ray.put((train, held_out))}
+    return TorchTrainer(train_loop_per_worker, train_loop_config=loop_config,
+                        scaling_config=scaling, run_config=run)
+
+
+def _local_checkpoint(checkpoint) -> Path:
+    """The checkpoint as a local dir: itself on local storage, else a downloaded copy."""
+    import pyarrow.fs
+
+    if isinstance(checkpoint.filesystem, pyarrow.fs.LocalFileSystem):
+        return Path(checkpoint.path)
+    return Path(checkpoint.to_directory())
+
+
+def run_training(
+    examples_or_path: ExamplesOrPath,
+    cfg: TrainConfig,
+    storage_dir: str,
+    name: str,
+    eval_path: ExamplesOrPath | None = None,
+) -> TrainResult:
+    """Fine-tune, and return where the adapter went plus the loss history (see build_trainer)."""
+    t0 = time.perf_counter()
+    result = build_trainer(examples_or_path, cfg, storage_dir, name, eval_path).fit()
+    wall = time.perf_counter() - t0
+    if result.error is not None:
+        raise RuntimeError(f"training run {name!r} failed") from result.error
+    if result.checkpoint is None:
+        raise RuntimeError(f"training run {name!r} finished without a checkpoint")
+    ckpt = _local_checkpoint(result.checkpoint)
+    history = json.loads((ckpt / HISTORY_FILE).read_text())
+    history_file = ckpt.parent / HISTORY_FILE  # <storage>/<name>/history.json when local
+    history_file.write_text(json.dumps(history, indent=1))
+    evals = [h["eval_loss"] for h in history if h.get("eval_loss") is not None]
+    merged = ckpt / "merged"
+    return TrainResult(
+        adapter_dir=str(ckpt / "adapter"),
+        merged_dir=str(merged) if merged.is_dir() else None,
+        history=history,
+        steps=history[-1]["step"] if history else 0,
+        train_tokens=sum(h["tokens"] for h in history),
+        wall_s=wall,
+        final_train_loss=history[-1]["train_loss"] if history else None,
+        final_eval_loss=evals[-1] if evals else None,
+        checkpoint_dir=str(ckpt),
+        history_file=str(history_file),
+        restarts=max((h.get("restarts", 0) for h in history), default=0),
+    )
+
+
+# ---------------------------------------------------------------- main
+def main(argv: list[str] | None = None) -> TrainResult:
+    """Parse `CONFIG --data PATH [key=val ...]` and run the fine-tune alone."""
+    import ray
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("args", nargs="*", help="[CONFIG.yaml] key.sub=value ...")
+    parser.add_argument("--data", required=True, help="training examples (.jsonl/.parquet)")
+    parser.add_argument("--eval-data", default=None, help="held-out examples for the eval loss")
+    parser.add_argument("--name", default="lora", help="run name under <output_dir>/<run>/train")
+    args = parser.parse_args(argv)
+    has_config = bool(args.args) and "=" not in args.args[0]
+    cfg = load_config(args.args[0] if has_config else None, args.args[has_config:])
+    train_cfg = cfg.train.model_copy(
+        update={"base_model": cfg.train.base_model or cfg.sample.generators[0].engine.model})
+    print(json.dumps(train_cfg.model_dump(mode="json"), indent=1))
+    ray.init(address=cfg.ray.address, num_cpus=cfg.ray.num_cpus)
+    storage = os.path.join(cfg.output_dir, cfg.run, "train")
+    result = run_training(args.data, train_cfg, storage, args.name, args.eval_data)
+    print(json.dumps(result.to_manifest(), indent=1))
+    return result
+
+
+if __name__ == "__main__":
+    main()
