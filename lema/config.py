@@ -200,6 +200,12 @@ class TrainConfig(StrictModel):
     merge: bool = False
     """Also save the adapter merged into the base weights."""
     seed: int = 0
+    max_grad_norm: float | None = 1.0
+    """Clip the gradient norm to this (None: no clipping)."""
+    torch_threads: int | None = 1
+    """CPU threads per training worker (None: torch's default; 1 is fastest here, RAY-NOTES)."""
+    crash_at_step: int | None = None
+    """Testing only: the worker kills its own process once, after this step (fault tolerance)."""
 
 
 class EvaluateConfig(StrictModel):

@@ -1,0 +1,355 @@
+"""Supervised fine-tuning pieces: completion-only tokenization, LoRA model, the step loop.
+
+No Ray here: `iterate_training` is the loop body that `pipelines/train.py` runs inside a Ray
+Train worker and that benchmarks run bare. The data position, learning rate and step are all
+functions of the step number, so a run resumes exactly from a saved step.
+
+TRL supplies two small pieces that would otherwise be hand-written: `common_prefix_length`
+(where the completion starts when a chat template renders the prompt alone slightly
+differently) and `DataCollatorForLanguageModeling` (right padding, labels padded with -100).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from trl.data_utils import common_prefix_length
+from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+from lema.config import LoraConfig
+
+IGNORE_INDEX = -100  # label of tokens that carry no loss
+ADAPTER_DIR = "adapter"  # inside a checkpoint
+STATE_FILE = "trainer_state.pt"  # optimizer, scheduler, step, RNG
+HISTORY_FILE = "history.json"
+
+Messages = list[dict[str, str]]
+Features = dict[str, list[int]]
+
+
+# ---------------------------------------------------------------- data
+def tokenize_chat(messages: Messages, tokenizer: Any, max_seq_len: int) -> Features | None:
+    """Tokenize a chat with its template; only the last (assistant) message carries labels.
+
+    Args:
+        messages: chat messages; the last one is the assistant target.
+        tokenizer: a tokenizer with a chat template.
+        max_seq_len: sequences are cut on the right to this many tokens.
+
+    Returns:
+        {"input_ids", "labels"} with labels = IGNORE_INDEX on the prompt, or None when the cut
+        leaves no completion token.
+    """
+    if not messages or messages[-1]["role"] != "assistant":
+        raise ValueError("the last message must be the assistant target, got "
+                         f"{messages[-1]['role'] if messages else 'no messages'!r}")
+    prompt = tokenizer.apply_chat_template(
+        messages[:-1], tokenize=True, return_dict=True, add_generation_prompt=True
+    )["input_ids"]
+    full = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True)["input_ids"]
+    start = common_prefix_length(prompt, full)
+    input_ids = full[:max_seq_len]
+    labels = ([IGNORE_INDEX] * start + full[start:])[:max_seq_len]
+    if all(label == IGNORE_INDEX for label in labels[1:]):  # the first token is never predicted
+        return None
+    return {"input_ids": input_ids, "labels": labels}
+
+
+def tokenize_chats(
+    chats: Sequence[Messages], tokenizer: Any, max_seq_len: int
+) -> tuple[list[Features], int]:
+    """Tokenize many chats; returns (features, how many were dropped for having no completion)."""
+    out = [tokenize_chat(m, tokenizer, max_seq_len) for m in chats]
+    kept = [f for f in out if f is not None]
+    return kept, len(out) - len(kept)
+
+
+def build_collator(pad_token_id: int) -> DataCollatorForLanguageModeling:
+    """Right-pads input_ids (pad id), labels (-100) and builds the attention mask."""
+    return DataCollatorForLanguageModeling(pad_token_id=pad_token_id)
+
+
+@dataclass(frozen=True)
+class TrainPlan:
+    """How long a run is and how it walks the data (all derived from sizes and config)."""
+
+    total_steps: int  # optimizer steps
+    warmup_steps: int
+    micro_batches_per_epoch: int  # over all workers
+    batch_size: int  # examples per micro-batch per worker
+    grad_accum: int
+    world_size: int = 1
+
+
+def plan_training(
+    n_examples: int,
+    batch_size: int,
+    grad_accum: int,
+    epochs: float,
+    max_steps: int | None,
+    warmup_ratio: float,
+    world_size: int = 1,
+) -> TrainPlan:
+    """Steps from epochs (or max_steps), and warmup steps from the ratio."""
+    if n_examples < 1:
+        raise ValueError("no training examples")
+    per_epoch = max(1, n_examples // batch_size)
+    if max_steps is not None:
+        total = max_steps
+    else:
+        total = math.ceil(epochs * per_epoch / (grad_accum * world_size))
+    total = max(1, total)
+    return TrainPlan(
+        total_steps=total,
+        warmup_steps=int(warmup_ratio * total),
+        micro_batches_per_epoch=per_epoch,
+        batch_size=batch_size,
+        grad_accum=grad_accum,
+        world_size=world_size,
+    )
+
+
+def micro_batch_indices(n_examples: int, plan: TrainPlan, micro_index: int, seed: int) -> list[int]:
+    """Example indices of global micro-batch `micro_index` (epochs reshuffle with seed + epoch)."""
+    epoch, offset = divmod(micro_index, plan.micro_batches_per_epoch)
+    gen = torch.Generator().manual_seed(seed + epoch)
+    perm = torch.randperm(n_examples, generator=gen).tolist()
+    return perm[offset * plan.batch_size : (offset + 1) * plan.batch_size]
+
+
+def step_micro_batches(
+    features: Sequence[Features], plan: TrainPlan, step: int, seed: int, rank: int = 0
+) -> list[list[Features]]:
+    """The micro-batches this worker trains on at optimizer step `step` (1-based)."""
+    out = []
+    for j in range(plan.grad_accum):
+        local = (step - 1) * plan.grad_accum + j
+        micro = local * plan.world_size + rank
+        out.append([features[i] for i in micro_batch_indices(len(features), plan, micro, seed)])
+    return out
+
+
+# ---------------------------------------------------------------- model
+def build_lora_model(model: Any, lora: LoraConfig) -> Any:
+    """Wrap a causal LM in a trainable peft LoRA adapter (only the adapter needs gradients)."""
+    from peft import LoraConfig as PeftLoraConfig
+    from peft import get_peft_model
+
+    peft_cfg = PeftLoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=lora.target_modules,
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, peft_cfg)
+
+
+def build_optimizer_and_scheduler(
+    model: torch.nn.Module, learning_rate: float, weight_decay: float, plan: TrainPlan
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    """AdamW over the trainable parameters, cosine decay after a linear warmup."""
+    from transformers import get_cosine_schedule_with_warmup
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=weight_decay)
+    scheduler = get_cosine_schedule_with_warmup(optimizer, plan.warmup_steps, plan.total_steps)
+    return optimizer, scheduler
+
+
+# ---------------------------------------------------------------- steps
+def _to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+def _label_count(labels: torch.Tensor) -> int:
+    """Tokens that carry loss (labels are shifted by one inside the model)."""
+    return int((labels[:, 1:] != IGNORE_INDEX).sum())
+
+
+def train_step(
+    model: torch.nn.Module,
+    micro_batches: list[dict[str, torch.Tensor]],
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    device: torch.device,
+    max_grad_norm: float | None = 1.0,
+) -> dict[str, float]:
+    """One optimizer step over collated micro-batches (gradient accumulation).
+
+    The loss is the mean over all completion tokens of the step, not a mean of micro-batch
+    means, so short and long completions weigh the same per token.
+
+    Returns:
+        {"loss", "label_tokens", "tokens"} summed/averaged over all workers when distributed.
+    """
+    model.train()
+    n_labels = sum(_label_count(b["labels"]) for b in micro_batches)
+    loss_sum, tokens = 0.0, 0
+    for batch in micro_batches:
+        batch = _to_device(batch, device)
+        out = model(**batch, num_items_in_batch=max(n_labels, 1))  # sum / n_labels
+        out.loss.backward()
+        loss_sum += float(out.loss.detach()) * max(n_labels, 1)
+        tokens += int(batch["attention_mask"].sum())
+    if max_grad_norm is not None:
+        torch.nn.utils.clip_grad_norm_(
+            [p for p in model.parameters() if p.requires_grad], max_grad_norm
+        )
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    totals = _all_reduce([loss_sum, n_labels, tokens], device)
+    return {"loss": totals[0] / max(totals[1], 1), "label_tokens": totals[1], "tokens": totals[2]}
+
+
+@torch.no_grad()
+def evaluate_loss(
+    model: torch.nn.Module,
+    features: Sequence[Features],
+    collator: DataCollatorForLanguageModeling,
+    batch_size: int,
+    device: torch.device,
+) -> float | None:
+    """Mean completion-token loss over `features` (None when there are none)."""
+    if not features:
+        return None
+    model.eval()
+    loss_sum, n = 0.0, 0
+    for i in range(0, len(features), batch_size):
+        batch = _to_device(collator(list(features[i : i + batch_size])), device)
+        count = _label_count(batch["labels"])
+        if count == 0:
+            continue
+        out = model(**batch, num_items_in_batch=count)
+        loss_sum += float(out.loss) * count
+        n += count
+    model.train()
+    return loss_sum / n if n else None
+
+
+def _all_reduce(values: list[float], device: torch.device) -> list[float]:
+    """Sum across workers when torch.distributed runs with more than one (else unchanged)."""
+    dist = torch.distributed
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+@dataclass
+class LoopSpec:
+    """What the loop needs besides the model and data (plain values, picklable)."""
+
+    plan: TrainPlan
+    eval_every: int
+    eval_batch_size: int
+    max_grad_norm: float | None = 1.0
+    seed: int = 0
+    rank: int = 0
+
+
+def iterate_training(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    train_features: Sequence[Features],
+    eval_features: Sequence[Features],
+    collator: DataCollatorForLanguageModeling,
+    spec: LoopSpec,
+    device: torch.device,
+    start_step: int = 0,
+) -> Iterator[dict[str, Any]]:
+    """Run optimizer steps start_step+1 .. total, yielding one history record per step.
+
+    Records: step, train_loss, lr (used for the step), tokens, label_tokens, step_time_s
+    (collate + forward/backward + optimizer), and eval_loss every `eval_every` steps and at
+    the last step. Stop iterating to stop training; resume by passing `start_step`.
+    """
+    total = spec.plan.total_steps
+    for step in range(start_step + 1, total + 1):
+        t0 = time.perf_counter()
+        lr = scheduler.get_last_lr()[0]
+        micro = [collator(b) for b in step_micro_batches(train_features, spec.plan, step, spec.seed,
+                                                         spec.rank)]
+        stats = train_step(model, micro, optimizer, scheduler, device, spec.max_grad_norm)
+        record: dict[str, Any] = {
+            "step": step,
+            "train_loss": stats["loss"],
+            "lr": lr,
+            "tokens": int(stats["tokens"]),
+            "label_tokens": int(stats["label_tokens"]),
+            "step_time_s": time.perf_counter() - t0,
+        }
+        if step % spec.eval_every == 0 or step == total:
+            record["eval_loss"] = evaluate_loss(
+                model, eval_features, collator, spec.eval_batch_size, device
+            )
+        yield record
+
+
+# ---------------------------------------------------------------- state
+def save_training_state(
+    out_dir: str | Path,
+    model: Any,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    step: int,
+    history: list[dict[str, Any]],
+    extra: dict[str, Any] | None = None,
+) -> None:
+    """Write a resumable checkpoint: adapter (peft format), optimizer/scheduler/step, history.
+
+    Args:
+        model: the peft model (unwrapped from DDP).
+        extra: plain values restored with the state (e.g. a restart counter).
+    """
+    out = Path(out_dir)
+    model.save_pretrained(out / ADAPTER_DIR)
+    torch.save(
+        {
+            "step": step,
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "rng": torch.get_rng_state(),
+            "extra": extra or {},
+        },
+        out / STATE_FILE,
+    )
+    (out / HISTORY_FILE).write_text(json.dumps(history))
+
+
+def load_training_state(
+    ckpt_dir: str | Path,
+    model: Any,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+) -> tuple[int, list[dict[str, Any]], dict[str, Any]]:
+    """Restore adapter weights, optimizer, scheduler and RNG from `save_training_state` output.
+
+    Returns:
+        (step, history, extra).
+    """
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    src = Path(ckpt_dir)
+    weights = load_file(str(src / ADAPTER_DIR / "adapter_model.safetensors"))
+    result = set_peft_model_state_dict(model, weights)
+    if result.unexpected_keys:
+        raise ValueError(f"checkpoint {src} has adapter keys this model lacks: "
+                         f"{result.unexpected_keys[:5]}")
+    state = torch.load(src / STATE_FILE, weights_only=False)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["rng"])
+    history = json.loads((src / HISTORY_FILE).read_text())
+    return state["step"], history, state["extra"]
