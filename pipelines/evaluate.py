@@ -11,7 +11,7 @@ from collections import defaultdict
 from typing import Any
 
 from lema.config import EvaluateConfig, GeneratorConfig, LemaConfig, ProblemSourceConfig
-from lema.metrics import majority_vote, pass_at_k
+from lema.metrics import score_samples
 from lema.records import EvalResult, Problem
 from lema.sources import load_problems
 from pipelines.pool import Timer, make_chunks, run_chunks
@@ -35,30 +35,20 @@ def load_eval_problems(cfg: EvaluateConfig) -> dict[str, list[Problem]]:
 
 
 def score(paths: list[dict[str, Any]], ks: list[int]) -> dict[str, Any]:
-    """pass@1, pass@k (unbiased estimator) and majority-vote accuracy over per-problem samples."""
+    """pass@1 (first sample, greedy when n=1), pass@k (unbiased) and majority vote per set."""
     by_problem: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for p in paths:
         by_problem[p["problem_id"]].append(p)
-    if not by_problem:
-        return {"problems": 0, "pass_at_1": 0.0, "pass_at_k": {}, "majority": None}
-    n = min(len(v) for v in by_problem.values())
-    passes = {k: 0.0 for k in ks if k <= n}
-    pass1 = majority = 0.0
-    for samples in by_problem.values():
-        samples = sorted(samples, key=lambda p: p["sample_index"])
-        c = sum(bool(p["correct"]) for p in samples)
-        pass1 += pass_at_k(len(samples), c, 1)
-        for k in passes:
-            passes[k] += pass_at_k(len(samples), c, k)
-        winner = majority_vote([p["predicted_answer"] for p in samples])
-        majority += any(p["correct"] for p in samples if winner is not None and p["predicted_answer"] == winner)
-    m = len(by_problem)
+    samples = [[(p["predicted_answer"], bool(p["correct"])) for p in sorted(v, key=lambda p: p["sample_index"])]
+               for v in by_problem.values()]
+    n = min((len(s) for s in samples), default=0)
+    s = score_samples(samples, [k for k in ks if k <= n] or [1])  # k above n is not defined
     return {
-        "problems": m,
-        "n": n,
-        "pass_at_1": round(pass1 / m, 4),
-        "pass_at_k": {str(k): round(v / m, 4) for k, v in passes.items()},
-        "majority": round(majority / m, 4) if n > 1 else None,
+        "problems": s["problems"],
+        "n": s["n"],
+        "pass_at_1": round(s["pass@1"], 4),
+        "pass_at_k": {str(k): round(v, 4) for k, v in s["pass@k"].items()},
+        "majority": round(s["majority"], 4) if n > 1 else None,
     }
 
 
