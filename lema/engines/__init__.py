@@ -1,0 +1,129 @@
+"""Generation engines: one interface, three backends (transformers, vLLM, OpenAI-compatible HTTP).
+
+Callers build an engine from its config and call `generate(requests, sampling)`:
+
+    engine = build_engine(EngineConfig(backend="transformers", model="tiny"))
+    outputs = engine.generate([[{"role": "user", "content": "2+2?"}]], SamplingConfig(n=2))
+    outputs[0].completions[1].text
+
+One `RequestOutput` per request, in order, each with `sampling.n` completions. A request that
+fails for good gets `error` set and no completions; only a dead or misconfigured engine raises.
+Backends import their heavy packages (torch, vllm, openai) when built, not at import.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+from lema.config import EngineConfig, SamplingConfig
+
+Messages = list[dict[str, str]]
+"""One chat request: [{"role": "user", "content": "..."}, ...]."""
+
+STAT_KEYS = (
+    "requests",
+    "prompt_tokens",
+    "completion_tokens",
+    "cost",
+    "retries",
+    "cache_hits",
+    "failures",
+    "seconds",
+)
+"""Keys of `Engine.stats()` (counts since the engine was built; cost in USD; wall seconds
+spent inside generate)."""
+
+
+class EngineError(RuntimeError):
+    """The engine itself cannot work (bad model, bad credentials, unreachable backend)."""
+
+
+@dataclass
+class Completion:
+    text: str
+    tokens: int  # completion tokens (padding excluded)
+    finish_reason: str  # "stop" | "length" | "error"
+
+
+@dataclass
+class RequestOutput:
+    completions: list[Completion] = field(default_factory=list)
+    prompt_tokens: int = 0
+    error: str | None = None  # set when the request failed for good (no completions then)
+    cached: bool = False  # served from the response cache (no backend call, no cost)
+    cost: float = 0.0  # USD
+
+
+@runtime_checkable
+class Engine(Protocol):
+    """What every backend implements."""
+
+    name: str  # label written on records
+
+    def generate(
+        self,
+        requests: list[Messages],
+        sampling: SamplingConfig,
+        json_schema: dict | None = None,
+    ) -> list[RequestOutput]:
+        """Complete each chat request `sampling.n` times.
+
+        Args:
+            requests: chat message lists.
+            sampling: n, temperature (0 is greedy), top_p, max_tokens, stop, seed.
+            json_schema: constrain the output to this JSON schema (vLLM, OpenAI); the
+                transformers backend ignores it.
+
+        Returns:
+            One RequestOutput per request, in order.
+        """
+        ...
+
+    def stats(self) -> dict[str, float]:
+        """Running totals, keyed by STAT_KEYS."""
+        ...
+
+    def close(self) -> None:
+        """Release the model / connections; the engine is unusable afterwards."""
+        ...
+
+
+def new_stats() -> dict[str, float]:
+    """A zeroed stats dict with every key of STAT_KEYS."""
+    return {k: 0.0 for k in STAT_KEYS}
+
+
+def build_engine(cfg: EngineConfig) -> Engine:
+    """Build the engine `cfg.backend` names (loads the model / opens the client).
+
+    Raises:
+        ValueError: for an unknown backend, naming the valid ones.
+    """
+    if cfg.backend == "transformers":
+        from lema.engines.transformers_engine import TransformersEngine
+
+        return TransformersEngine(cfg)
+    if cfg.backend == "vllm":
+        from lema.engines.vllm_engine import VLLMEngine
+
+        return VLLMEngine(cfg)
+    if cfg.backend == "openai":
+        from lema.engines.openai_engine import OpenAIEngine
+
+        return OpenAIEngine(cfg)
+    raise ValueError(
+        f"engine backend {cfg.backend!r} is unknown; choose transformers, vllm or openai"
+    )
+
+
+__all__ = [
+    "STAT_KEYS",
+    "Completion",
+    "Engine",
+    "EngineError",
+    "Messages",
+    "RequestOutput",
+    "build_engine",
+    "new_stats",
+]

@@ -1,0 +1,5 @@
+"""Real stand-ins for outside services (an OpenAI-compatible server), shared by tests and benchmarks."""
+
+from .openai_server import FakeBehaviour, FakeOpenAIServer, echo_reply
+
+__all__ = ["FakeBehaviour", "FakeOpenAIServer", "echo_reply"]
