@@ -16,11 +16,21 @@ from lema.sources import grading_dataset
 REQUIRED_PATH_FIELDS = ("path_id", "problem_id", "question", "text", "answer")
 
 
-def reference_replies(paths: list[dict[str, Any]]) -> list[list[str]]:
-    """Replies of the reference corrector (synthetic problems: needs each path's `steps`)."""
+def reference_replies(paths: list[dict[str, Any]]) -> tuple[list[list[str]], list[str | None]]:
+    """Replies of the reference corrector (synthetic problems: needs each path's `steps`),
+    and per path the reason it could not correct it (e.g. a path with no steps)."""
     from lema.reference_corrector import reference_correction
 
-    return [[reference_correction(list(p["steps"]), p["answer"], p["text"])] for p in paths]
+    replies: list[list[str]] = []
+    errors: list[str | None] = []
+    for p in paths:
+        try:
+            replies.append([reference_correction(list(p["steps"]), p["answer"], p["text"])])
+            errors.append(None)
+        except ValueError as e:
+            replies.append([])
+            errors.append(f"reference corrector: {e}")
+    return replies, errors
 
 
 def correct_paths(
@@ -53,8 +63,7 @@ def correct_paths(
             todo.append(i)
     batch = [paths[i] for i in todo]
     if cfg.corrector == "reference":
-        replies: list[list[str]] = reference_replies(batch)
-        errors: list[str | None] = [None] * len(batch)
+        replies, errors = reference_replies(batch)
         usage = [(0, 0.0)] * len(batch)
     else:
         assert engine is not None, "the llm corrector needs an engine"

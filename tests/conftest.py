@@ -18,6 +18,7 @@ def ray_cluster():
 
     if not ray.is_initialized():
         ray.init(
+            address="local",  # our own cluster, never another process's
             num_cpus=4,
             include_dashboard=False,
             log_to_driver=False,
