@@ -132,6 +132,9 @@ class PoolConfig(StrictModel):
     """Rows per Ray Data batch."""
     max_restarts: int = 3
     """How often a dead actor is replaced (its batch is retried)."""
+    calls_per_actor: int = Field(1, ge=1)
+    """Chunks one actor works on at once. >1 suits API-backed actors: one chunk is parsed and
+    verified while the next is in flight (the engine's concurrency bound is shared)."""
 
 
 # ---------------------------------------------------------------- stages

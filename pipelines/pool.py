@@ -65,7 +65,12 @@ def _map(ds: Any, actor_cls: type, ctor_kwargs: dict[str, Any], pool: PoolConfig
         actor_cls,
         fn_constructor_kwargs=ctor_kwargs,
         batch_size=1,
-        compute=ActorPoolStrategy(min_size=pool.min_actors, max_size=pool.max_actors),
+        compute=ActorPoolStrategy(
+            min_size=pool.min_actors, max_size=pool.max_actors,
+            max_tasks_in_flight_per_actor=max(pool.calls_per_actor, 2),
+            max_concurrent_calls_per_actor=pool.calls_per_actor,
+            enable_true_multi_threading=pool.calls_per_actor > 1,
+        ),
         num_cpus=pool.num_cpus,
         num_gpus=pool.num_gpus or None,
         max_restarts=pool.max_restarts,  # a dead actor is replaced, its chunk retried
