@@ -159,6 +159,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         record["restarts"] = extra["restarts"]
         history.append(record)
         step = record["step"]
+        if rank == 0 and (step % max(1, plan.total_steps // 50) == 0 or "eval_loss" in record):
+            ev = f" eval_loss {record['eval_loss']:.4f}" if record.get("eval_loss") is not None else ""
+            print(f"[train] step {step}/{plan.total_steps} loss {record['train_loss']:.4f}{ev} "
+                  f"lr {record['lr']:.2e} {record['step_time_s']:.2f}s/step", flush=True)
         if step == cfg.crash_at_step and extra["restarts"] == 0:  # fault-tolerance tests only
             os.kill(os.getpid(), signal.SIGKILL)
         final = step == plan.total_steps
