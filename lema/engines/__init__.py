@@ -94,6 +94,15 @@ def new_stats() -> dict[str, float]:
     return {k: 0.0 for k in STAT_KEYS}
 
 
+def add_output_stats(stats: dict[str, float], outputs: list[RequestOutput], seconds: float) -> None:
+    """Count a local engine's generate() call into its stats."""
+    stats["requests"] += len(outputs)
+    stats["failures"] += sum(o.error is not None for o in outputs)
+    stats["prompt_tokens"] += sum(o.prompt_tokens for o in outputs)
+    stats["completion_tokens"] += sum(c.tokens for o in outputs for c in o.completions)
+    stats["seconds"] += seconds
+
+
 def build_engine(cfg: EngineConfig) -> Engine:
     """Build the engine `cfg.backend` names (loads the model / opens the client).
 
@@ -124,6 +133,7 @@ __all__ = [
     "EngineError",
     "Messages",
     "RequestOutput",
+    "add_output_stats",
     "build_engine",
     "new_stats",
 ]

@@ -11,7 +11,14 @@ import logging
 import time
 
 from lema.config import EngineConfig, SamplingConfig
-from lema.engines import Completion, EngineError, Messages, RequestOutput, new_stats
+from lema.engines import (
+    Completion,
+    EngineError,
+    Messages,
+    RequestOutput,
+    add_output_stats,
+    new_stats,
+)
 
 log = logging.getLogger(__name__)
 
@@ -156,12 +163,7 @@ class TransformersEngine:
 
     # ------------------------------------------------------------ bookkeeping
     def _account(self, outputs: list[RequestOutput], seconds: float) -> None:
-        s = self._stats
-        s["requests"] += len(outputs)
-        s["failures"] += sum(o.error is not None for o in outputs)
-        s["prompt_tokens"] += sum(o.prompt_tokens for o in outputs)
-        s["completion_tokens"] += sum(c.tokens for o in outputs for c in o.completions)
-        s["seconds"] += seconds
+        add_output_stats(self._stats, outputs, seconds)
 
     def stats(self) -> dict[str, float]:
         return dict(self._stats)

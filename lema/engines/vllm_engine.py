@@ -10,7 +10,14 @@ import gc
 import time
 
 from lema.config import EngineConfig, SamplingConfig
-from lema.engines import Completion, EngineError, Messages, RequestOutput, new_stats
+from lema.engines import (
+    Completion,
+    EngineError,
+    Messages,
+    RequestOutput,
+    add_output_stats,
+    new_stats,
+)
 
 _FINISH = {"stop": "stop", "length": "length"}  # anything else ("abort", None) is an error
 
@@ -109,12 +116,7 @@ class VLLMEngine:
                     outputs.extend(self._chat([messages], params))
                 except ValueError as e:
                     outputs.append(RequestOutput(error=f"vLLM rejected the request: {e}"))
-        s = self._stats
-        s["requests"] += len(outputs)
-        s["failures"] += sum(o.error is not None for o in outputs)
-        s["prompt_tokens"] += sum(o.prompt_tokens for o in outputs)
-        s["completion_tokens"] += sum(c.tokens for o in outputs for c in o.completions)
-        s["seconds"] += time.perf_counter() - start
+        add_output_stats(self._stats, outputs, time.perf_counter() - start)
         return outputs
 
     def stats(self) -> dict[str, float]:
