@@ -26,24 +26,25 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def head(tmp_path_factory):
     """A Ray head on loopback with a dashboard (job API); only its own processes are stopped."""
-    port, dash = _free_port(), _free_port()
+    port, dash, agent = _free_port(), _free_port(), _free_port()
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",
            "RAY_AUTH_MODE": "token"}  # Ray 2.60 turns token auth on for local clusters; say so
     env.pop("RAY_ADDRESS", None)
     proc = subprocess.Popen(
         [str(BIN / "ray"), "start", "--head", "--block", f"--port={port}", "--node-ip-address=127.0.0.1",
          "--num-cpus=4", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
-         f"--dashboard-port={dash}", "--disable-usage-stats"],
+         f"--dashboard-port={dash}", f"--dashboard-agent-listen-port={agent}",  # 52365 may be taken
+         "--disable-usage-stats"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )
     address = f"http://127.0.0.1:{dash}"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        ok = subprocess.run([str(BIN / "ray"), "job", "list", "--address", address],
-                            capture_output=True, env=env).returncode == 0
+    deadline = time.time() + 180
+    while time.time() < deadline:  # ready when a trivial job runs (the job agent registers late)
+        ok = subprocess.run([str(BIN / "ray"), "job", "submit", "--address", address, "--",
+                             "python", "-c", "print('ready')"], capture_output=True, env=env).returncode == 0
         if ok:
             break
-        time.sleep(2)
+        time.sleep(3)
     else:
         os.killpg(proc.pid, signal.SIGKILL)
         pytest.fail("the Ray head did not come up")
