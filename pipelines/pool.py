@@ -48,7 +48,8 @@ def run_chunks(
         warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated")
         out = _map(ds, actor_cls, ctor_kwargs, pool)
     with tqdm(total=len(pending), desc=desc, unit="chunk") as bar:
-        for batch in out.iter_batches(batch_size=None, batch_format="pandas"):
+        # no prefetch: each part is written as soon as its chunk is done (resume loses less)
+        for batch in out.iter_batches(batch_size=None, batch_format="pandas", prefetch_batches=0):
             for row in batch.to_dict("records"):
                 side = json.loads(row["side"])
                 stage.write_json(f"chunk-{row['chunk_id']}.json", side)  # before the part marks it done
