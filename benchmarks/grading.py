@@ -22,8 +22,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from lema.answer_extraction import find_last_boxed
-from lema.grading import grade, grade_many
+from lema.answer_extraction import find_last_boxed  # noqa: E402
+from lema.grading import grade, grade_many  # noqa: E402
 
 DATA_DIR = ROOT.parent / "shared" / "data"
 BATCH = 64  # rows per grade_many call, as a Ray Data batch would hand them over

@@ -61,7 +61,7 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("TQDM_DISABLE", "1")  # run_chunks' progress bar: noise in a benchmark
 
-from pipelines.sample import SampleStage
+from pipelines.sample import SampleStage  # noqa: E402 (after the sys.path line)
 
 RAY_WORKER_NICE = 15  # what Ray gives its worker processes (RAY-NOTES)
 
@@ -429,8 +429,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     svd, svd_e2e = ratios("tps", "1 actor", "direct"), ratios("tps_e2e", "1 actor", "direct")
     two, two_e2e = ratios("tps", "2 actors", "1 actor"), ratios("tps_e2e", "2 actors", "1 actor")
-    spread = (lambda xs: f"min {min(xs):.3f} / median {statistics.median(xs):.3f} / "
-                         f"max {max(xs):.3f}")
+    def spread(xs: list[float]) -> str:
+        return f"min {min(xs):.3f} / median {statistics.median(xs):.3f} / max {max(xs):.3f}"
+
     print(f"stage / direct (1 actor, 1 thread each), steady: {spread(svd)} (target >= 0.85); "
           f"e2e: {spread(svd_e2e)}")
     print(f"2 actors / 1 actor, steady: {spread(two)} (target >= 1.5); e2e: {spread(two_e2e)}")

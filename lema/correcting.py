@@ -47,7 +47,12 @@ def correct_paths(
         cfg: corrector kind, prompt variant, k tries, sampling.
         engine: an `lema.engines.Engine` for the llm corrector (None for reference).
     """
-    from lema.correction import CORRECTION_JSON_SCHEMA, ParseFailure, parse_correction, verify_correction
+    from lema.correction import (
+        CORRECTION_JSON_SCHEMA,
+        ParseFailure,
+        parse_correction,
+        verify_correction,
+    )
     from lema.prompts import build_corrector_messages
 
     label = "reference" if cfg.corrector == "reference" else cfg.engine.label

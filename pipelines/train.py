@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import signal
+import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -161,8 +162,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         step = record["step"]
         if rank == 0 and (step % max(1, plan.total_steps // 50) == 0 or "eval_loss" in record):
             ev = f" eval_loss {record['eval_loss']:.4f}" if record.get("eval_loss") is not None else ""
-            print(f"[train] step {step}/{plan.total_steps} loss {record['train_loss']:.4f}{ev} "
-                  f"lr {record['lr']:.2e} {record['step_time_s']:.2f}s/step", flush=True)
+            # sys.stdout, not print: Train V2 patches print to log each line twice
+            sys.stdout.write(f"[train] step {step}/{plan.total_steps} loss {record['train_loss']:.4f}{ev}"
+                             f" lr {record['lr']:.2e} {record['step_time_s']:.2f}s/step\n")
+            sys.stdout.flush()
         if step == cfg.crash_at_step and extra["restarts"] == 0:  # fault-tolerance tests only
             os.kill(os.getpid(), signal.SIGKILL)
         final = step == plan.total_steps

@@ -8,7 +8,6 @@ import json
 import pytest
 
 from lema.config import load_config
-from lema.correction import format_correction_reply
 from lema.reference_corrector import reference_correction
 from lema.synthetic import generate_problems
 from pipelines.correct import run_correct
