@@ -148,6 +148,12 @@ def main_pipeline(cfg: LemaConfig, from_stage: str | None = None) -> str:
 
     # ---- report: Markdown + plots of every stage's figures
     report = write_report(run_dir, STAGES)
+    sample, corr = run.dirs["sample"].manifest() or {}, run.dirs["correct"].manifest() or {}
+    lines = [f"{len(problems)} problems -> {sample.get('paths', 0)} paths ({sample.get('inaccurate', 0)} "
+             f"inaccurate) -> {corr.get('verified', 0)}/{corr.get('attempted', 0)} corrections verified"]
+    for r in (run.dirs["evaluate"].manifest() or {}).get("results", []):
+        lines.append(f"{r['dataset']:>24} {r['variant']:<8} pass@1 {r['pass_at_1']:.3f} ({r['problems']} problems)")
+    _log("summary:\n  " + "\n  ".join(lines))
     _log(f"report: {report}")
     return report
 
