@@ -80,7 +80,8 @@ def test_api_corrector_accounts_for_every_path(ray_cluster, tmp_path):
         ])
         stage = StageDir(str(tmp_path), "t", "correct")
         manifest = run_correct(cfg, paths, problems, stage, "h")
-        assert srv.statuses[429] >= 3  # retried through the rate limits
+        # the first 3 calls answer 429 (unless one is a request scripted to 500): retried through
+        assert srv.statuses[429] >= 1 and srv.statuses[429] + srv.statuses[500] >= 3
 
     rows = {r["path_id"]: r for r in stage.read_rows()}
     assert len(rows) == len(paths)  # none lost
