@@ -16,9 +16,12 @@ def _load(run_dir: Path, stages: list[str]) -> dict[str, dict[str, Any]]:
     return out
 
 
-def _bar(ax, labels: list[str], values: list[float], title: str, fmt: str = "{:g}") -> None:
+def _bar(ax, labels: list[str], values: list[float], title: str, fmt: str = "{:g}",
+         rate: bool = False) -> None:
     bars = ax.bar(labels, values, color="#4c72b0")
     ax.set_title(title)
+    if rate:  # rates on a 0-1 axis, so runs compare at a glance
+        ax.set_ylim(0, 1)
     for b, v in zip(bars, values):
         ax.annotate(fmt.format(v), (b.get_x() + b.get_width() / 2, b.get_height()), ha="center", va="bottom",
                     fontsize=8)
@@ -63,9 +66,9 @@ def write_report(run_dir: str, stages: list[str]) -> str:
     per = m.get("sample", {}).get("per_generator", {})
     if per:
         fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
-        _bar(axes[0], list(per), [g["accuracy"] for g in per.values()], "Generator accuracy", "{:.2f}")
+        _bar(axes[0], list(per), [g["accuracy"] for g in per.values()], "Generator accuracy", "{:.2f}", rate=True)
         _bar(axes[1], list(per), [g["inaccurate"] / max(1, g["paths"] - g["failed"]) for g in per.values()],
-             "Inaccurate-path rate", "{:.2f}")
+             "Inaccurate-path rate", "{:.2f}", rate=True)
         plots.append(("Generators", _save(fig, root / "generators.png")))
 
     # -- corrections: outcomes and where the first mistake falls
@@ -106,7 +109,7 @@ def write_report(run_dir: str, stages: list[str]) -> str:
         lines.append("")
         fig, ax = plt.subplots(figsize=(6, 3.2))
         _bar(ax, [f"{r['dataset']}\n{r['variant']}" for r in results], [r["pass_at_1"] for r in results],
-             "pass@1", "{:.3f}")
+             "pass@1", "{:.3f}", rate=True)
         plots.append(("Evaluation", _save(fig, root / "evaluation.png")))
 
     # -- per stage: records, tokens, wall time, cost
