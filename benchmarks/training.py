@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     # ---- plain loop, Ray Train loop, plain loop again (brackets drift on a shared machine)
     plain_a, plain_a_wall = run_plain(chats, cfg)
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False, configure_logging=False)
     with tempfile.TemporaryDirectory() as storage:
         result = run_ray(chats, cfg, storage)
     ray.shutdown()

@@ -2,7 +2,7 @@
 
 Local correctors run one engine per actor like the sampler; an API corrector runs in one actor
 whose engine keeps `openai.max_concurrency` requests in flight within its per-minute budget.
-Run alone: `python -m pipelines.correct CONFIG [key=val ...]` (reads the sample stage).
+Run alone: `python -m pipelines.correct CONFIG [key=val ...]` (runs the stages before it first unless complete).
 """
 
 from __future__ import annotations
@@ -72,3 +72,11 @@ def run_correct(cfg: LemaConfig, paths: list[dict[str, Any]], problems: dict[str
     return stage.write_manifest(stage_hash, corrector=cfg.correct.corrector if cfg.correct.corrector
                                 == "reference" else cfg.correct.engine.label,
                                 inaccurate_paths=len(todo), wall_s=timer.seconds, **figures)
+
+
+if __name__ == "__main__":  # this stage and the ones before it (skipped when already complete)
+    import sys
+
+    from pipelines.lema import main
+
+    sys.exit(main([*sys.argv[1:], "--until", "correct"]))

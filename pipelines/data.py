@@ -27,3 +27,11 @@ def run_data(cfg: LemaConfig, problems: list[Problem], paths: list[dict[str, Any
     write_examples(held_out, stage.file_path("held_out.jsonl"))
     return stage.write_manifest(stage_hash, **stats, train_file="train.jsonl",
                                 held_out_file="held_out.jsonl", wall_s=timer.seconds)
+
+
+if __name__ == "__main__":  # this stage and the ones before it (skipped when already complete)
+    import sys
+
+    from pipelines.lema import main
+
+    sys.exit(main([*sys.argv[1:], "--until", "data"]))

@@ -85,3 +85,11 @@ def run_evaluate(cfg: LemaConfig, base_model: str, adapter: str | None, stage: S
     table = [dict(r.to_dict(), variant="adapter" if r.adapter else "base") for r in results]
     stage.write_json("results.json", table)
     return stage.write_manifest(stage_hash, results=table, wall_s=timer.seconds)
+
+
+if __name__ == "__main__":  # this stage and the ones before it (skipped when already complete)
+    import sys
+
+    from pipelines.lema import main
+
+    sys.exit(main([*sys.argv[1:], "--until", "evaluate"]))

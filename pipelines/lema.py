@@ -78,8 +78,9 @@ class Run:
              f"{json.dumps({k: v for k, v in manifest.items() if isinstance(v, (int, float))})}")
 
 
-def main_pipeline(cfg: LemaConfig, from_stage: str | None = None) -> str:
-    """Run (or resume) the whole loop; returns the report path."""
+def main_pipeline(cfg: LemaConfig, from_stage: str | None = None, until: str | None = None) -> str:
+    """Run (or resume) the loop, through `until` if given; returns the report path (or, when
+    stopping early, the last stage's directory)."""
     from lema.records import Problem
     from lema.sources import load_problems
     from pipelines.correct import run_correct
@@ -105,12 +106,16 @@ def main_pipeline(cfg: LemaConfig, from_stage: str | None = None) -> str:
         run.end("problems", d.write_manifest(run.hashes["problems"], source=cfg.problems.name,
                                              **res.counts()))
     problems = [Problem.from_dict(r) for r in d.read_rows()]
+    if until == "problems":
+        return d.path
 
     # ---- sample: n graded paths per problem from each generator
     d = run.dirs["sample"]
     if run.begin("sample", {"sample": cfg.sample.model_dump(mode="json"), "grading": cfg.grading_mode}):
         run.end("sample", run_sample(cfg, problems, d, run.hashes["sample"]))
     paths = d.read_rows()
+    if until == "sample":
+        return d.path
 
     # ---- correct: the corrector names, explains and fixes the first wrong step
     d = run.dirs["correct"]
@@ -118,6 +123,8 @@ def main_pipeline(cfg: LemaConfig, from_stage: str | None = None) -> str:
         by_id = {p.id: p.to_dict() for p in problems}
         run.end("correct", run_correct(cfg, paths, by_id, d, run.hashes["correct"]))
     corrections = d.read_rows()
+    if until == "correct":
+        return d.path
 
     # ---- data: CoT + verified corrections, deduplicated, decontaminated against eval sets
     d = run.dirs["data"]
@@ -127,6 +134,8 @@ def main_pipeline(cfg: LemaConfig, from_stage: str | None = None) -> str:
         eval_questions = [p.question for ps in eval_sets.values() for p in ps]
         run.end("data", run_data(cfg, problems, paths, corrections, eval_questions, d,
                                  run.hashes["data"]))
+    if until == "data":
+        return d.path
 
     # ---- train: LoRA fine-tune on Ray Train
     d = run.dirs["train"]
@@ -139,6 +148,8 @@ def main_pipeline(cfg: LemaConfig, from_stage: str | None = None) -> str:
         manifest = {**result.to_manifest(), "history": result.history}
         run.end("train", d.write_manifest(run.hashes["train"], **manifest))
     adapter = d.manifest()["adapter_dir"]
+    if until == "train":
+        return d.path
 
     # ---- evaluate: base vs base+adapter on the evaluation sets
     d = run.dirs["evaluate"]
@@ -163,11 +174,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", help="a YAML config (see configs/)")
     p.add_argument("overrides", nargs="*", help="key.sub=value overrides")
     p.add_argument("--from", dest="from_stage", choices=STAGES, help="redo from this stage on")
+    p.add_argument("--until", choices=STAGES, help="stop after this stage")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_intermixed_args(argv)  # overrides may follow the options
     try:
         cfg = load_config(args.config, args.overrides)
     except ConfigError as e:
@@ -177,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     if cfg.dry_run:
         _log(f"dry run: would run {' -> '.join(STAGES)} into {cfg.output_dir}/{cfg.run}")
         return 0
-    main_pipeline(cfg, args.from_stage)
+    main_pipeline(cfg, args.from_stage, args.until)
     return 0
 
 

@@ -1,6 +1,6 @@
 """The sample stage: Problems -> graded Paths, on a Ray Data actor pool (one engine per actor).
 
-Run alone: `python -m pipelines.sample CONFIG [key=val ...]` (reads the problems stage).
+Run alone: `python -m pipelines.sample CONFIG [key=val ...]` (runs the problems stage first unless complete).
 """
 
 from __future__ import annotations
@@ -80,3 +80,11 @@ def run_sample(cfg: LemaConfig, problems: list[Problem], stage: StageDir, stage_
         wall_s=timer.seconds,
         tokens_per_s=round(figures["tokens"] / max(timer.seconds, 1e-9), 2),
     )
+
+
+if __name__ == "__main__":  # this stage and the ones before it (skipped when already complete)
+    import sys
+
+    from pipelines.lema import main
+
+    sys.exit(main([*sys.argv[1:], "--until", "sample"]))

@@ -288,20 +288,20 @@ def run_training(
 # ---------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> TrainResult:
     """Parse `CONFIG --data PATH [key=val ...]` and run the fine-tune alone."""
-    import ray
+    from pipelines.lema import init_ray
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("args", nargs="*", help="[CONFIG.yaml] key.sub=value ...")
     parser.add_argument("--data", required=True, help="training examples (.jsonl/.parquet)")
     parser.add_argument("--eval-data", default=None, help="held-out examples for the eval loss")
     parser.add_argument("--name", default="lora", help="run name under <output_dir>/<run>/train")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # overrides may follow the options
     has_config = bool(args.args) and "=" not in args.args[0]
     cfg = load_config(args.args[0] if has_config else None, args.args[has_config:])
     train_cfg = cfg.train.model_copy(
         update={"base_model": cfg.train.base_model or cfg.sample.generators[0].engine.model})
     print(json.dumps(train_cfg.model_dump(mode="json"), indent=1))
-    ray.init(address=cfg.ray.address, num_cpus=cfg.ray.num_cpus)
+    init_ray(cfg)
     storage = os.path.join(cfg.output_dir, cfg.run, "train")
     result = run_training(args.data, train_cfg, storage, args.name, args.eval_data)
     print(json.dumps(result.to_manifest(), indent=1))
