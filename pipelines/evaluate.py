@@ -14,8 +14,8 @@ from lema.config import EvaluateConfig, GeneratorConfig, LemaConfig, ProblemSour
 from lema.metrics import score_samples
 from lema.records import EvalResult, Problem
 from lema.sources import load_problems
-from pipelines.pool import Timer, make_chunks, run_chunks
-from pipelines.sample import SampleStage
+from pipelines.pool import Timer
+from pipelines.sample import sample_chunks
 from pipelines.stage_io import StageDir
 
 
@@ -52,36 +52,31 @@ def score(paths: list[dict[str, Any]], ks: list[int]) -> dict[str, Any]:
     }
 
 
-def run_evaluate(cfg: LemaConfig, base_model: str, adapter: str | None, stage: StageDir,
-                 stage_hash: str) -> dict[str, Any]:
+def run_evaluate(cfg: LemaConfig, base_model: str, adapter: str | None,
+                 eval_sets: dict[str, list[Problem]], stage: StageDir, stage_hash: str) -> dict[str, Any]:
     """Evaluate the base model and the adapter on every evaluation set; write the table."""
     timer = Timer()
     ev = cfg.evaluate
     variants = ([("base", None)] if ev.base or adapter is None else []) + ([("adapter", adapter)] if adapter else [])
-    pool = ev.pool
-    results: list[EvalResult] = []
-    for label, problems in load_eval_problems(ev).items():
+    runs = []  # (set label, variant, adapter dir, engine label, problem ids)
+    for label, problems in eval_sets.items():
         rows = [p.to_dict() for p in problems]
         for variant, adapter_dir in variants:
             engine = ev.engine.model_copy(update={"model": base_model, "adapter": adapter_dir,
                                                   "name": f"{base_model}+{variant}"})
-            gen = GeneratorConfig(engine=engine, sampling=ev.sampling)
-            prefix = f"{label}--{variant}-"
-            for _ in run_chunks(
-                stage, make_chunks(rows, pool.batch_size, prefix=prefix), SampleStage,
-                {"generator": gen.model_dump(mode="json"), "prompt": cfg.sample.prompt,
-                 "grading_mode": cfg.grading_mode, "threads": max(1, int(pool.num_cpus))},
-                pool, desc=f"evaluate {label} {variant}",
-            ):
-                pass
-            preds = [r for r in stage.read_rows() if r["generator"] == engine.label
-                     and r["problem_id"] in {p.id for p in problems}]
-            s = score(preds, ev.k)
-            results.append(EvalResult(
-                model=base_model, adapter=adapter_dir, dataset=label, n=s.get("n", 0),
-                problems=s["problems"], pass_at_1=s["pass_at_1"], pass_at_k=s["pass_at_k"],
-                majority=s["majority"], predictions_file=stage.part_path(prefix + "*"),
-            ))
+            sample_chunks(cfg, stage, rows, GeneratorConfig(engine=engine, sampling=ev.sampling), ev.pool,
+                          prefix=f"{label}--{variant}-", desc=f"evaluate {label} {variant}")
+            runs.append((label, variant, adapter_dir, engine.label, {p.id for p in problems}))
+
+    all_preds = stage.read_rows()
+    results: list[EvalResult] = []
+    for label, variant, adapter_dir, engine_label, ids in runs:
+        s = score([r for r in all_preds if r["generator"] == engine_label and r["problem_id"] in ids], ev.k)
+        results.append(EvalResult(
+            model=base_model, adapter=adapter_dir, dataset=label, n=s.get("n", 0),
+            problems=s["problems"], pass_at_1=s["pass_at_1"], pass_at_k=s["pass_at_k"],
+            majority=s["majority"], predictions_file=stage.part_path(f"{label}--{variant}-*"),
+        ))
     table = [dict(r.to_dict(), variant="adapter" if r.adapter else "base") for r in results]
     stage.write_json("results.json", table)
     return stage.write_manifest(stage_hash, results=table, wall_s=timer.seconds)

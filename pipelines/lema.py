@@ -155,7 +155,8 @@ def main_pipeline(cfg: LemaConfig, from_stage: str | None = None, until: str | N
     d = run.dirs["evaluate"]
     if run.begin("evaluate", {"evaluate": cfg.evaluate.model_dump(mode="json"),
                               "prompt": cfg.sample.prompt}):
-        run.end("evaluate", run_evaluate(cfg, base_model, adapter, d, run.hashes["evaluate"]))
+        run.end("evaluate", run_evaluate(cfg, base_model, adapter, eval_sets, d,
+                                                 run.hashes["evaluate"]))
 
     # ---- report: Markdown + plots of every stage's figures
     report = write_report(run_dir, STAGES)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from lema.config import GeneratorConfig, LemaConfig, config_hash
+from lema.config import GeneratorConfig, LemaConfig, PoolConfig, config_hash
 from lema.records import Problem
 from lema.sampling import sample_problems, summarize_paths
 from pipelines.pool import Timer, chunk_seed, make_chunks, read_sides, run_chunks
@@ -44,6 +44,16 @@ class SampleStage:
         return out
 
 
+def sample_chunks(cfg: LemaConfig, stage: StageDir, rows: list[dict[str, Any]], gen: GeneratorConfig,
+                  pool: PoolConfig, prefix: str, desc: str) -> None:
+    """Sample and grade `rows` (Problem dicts) with one generator; parts `<prefix><chunk>`."""
+    ctor = {"generator": gen.model_dump(mode="json"), "prompt": cfg.sample.prompt,
+            "grading_mode": cfg.grading_mode, "threads": max(1, int(pool.num_cpus))}
+    for _ in run_chunks(stage, make_chunks(rows, pool.batch_size, prefix=prefix), SampleStage, ctor,
+                        pool, desc=desc):
+        pass
+
+
 def sample_stage_hash(cfg: LemaConfig, problems_hash: str) -> str:
     return config_hash({"sample": cfg.sample.model_dump(mode="json"), "grading": cfg.grading_mode,
                         "problems": problems_hash})
@@ -55,14 +65,7 @@ def run_sample(cfg: LemaConfig, problems: list[Problem], stage: StageDir, stage_
     rows = [p.to_dict() for p in problems]
     pool = cfg.sample.pool
     for gi, gen in enumerate(cfg.sample.generators):
-        chunks = make_chunks(rows, pool.batch_size, prefix=f"g{gi}-")
-        for _ in run_chunks(
-            stage, chunks, SampleStage,
-            {"generator": gen.model_dump(mode="json"), "prompt": cfg.sample.prompt,
-             "grading_mode": cfg.grading_mode, "threads": max(1, int(pool.num_cpus))},
-            pool, desc=f"sample {gen.engine.label}",
-        ):
-            pass
+        sample_chunks(cfg, stage, rows, gen, pool, prefix=f"g{gi}-", desc=f"sample {gen.engine.label}")
     paths = stage.read_rows()
     # each generator sees the same malformed problems: count each once
     rejects = list({r["id"]: r for side in read_sides(stage) for r in side.get("rejects", [])}.values())

@@ -103,6 +103,17 @@ def add_output_stats(stats: dict[str, float], outputs: list[RequestOutput], seco
     stats["seconds"] += seconds
 
 
+def release_torch_memory() -> None:
+    """After a local engine drops its model: collect it and return cached GPU memory."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 def build_engine(cfg: EngineConfig) -> Engine:
     """Build the engine `cfg.backend` names (loads the model / opens the client).
 
@@ -136,4 +147,5 @@ __all__ = [
     "add_output_stats",
     "build_engine",
     "new_stats",
+    "release_torch_memory",
 ]

@@ -6,7 +6,6 @@ and generated `batch_size` prompts at a time; outputs come back in request order
 
 from __future__ import annotations
 
-import gc
 import logging
 import time
 
@@ -18,6 +17,7 @@ from lema.engines import (
     RequestOutput,
     add_output_stats,
     new_stats,
+    release_torch_memory,
 )
 
 log = logging.getLogger(__name__)
@@ -123,7 +123,7 @@ class TransformersEngine:
             for i, out in zip(chunk, self._generate_batch([encoded[i] for i in chunk], sampling)):
                 outputs[i] = out
         result = [o for o in outputs if o is not None]
-        self._account(result, time.perf_counter() - start)
+        add_output_stats(self._stats, result, time.perf_counter() - start)
         return result
 
     def _generate_batch(
@@ -162,16 +162,9 @@ class TransformersEngine:
         return Completion(text=text, tokens=len(ids), finish_reason=reason)
 
     # ------------------------------------------------------------ bookkeeping
-    def _account(self, outputs: list[RequestOutput], seconds: float) -> None:
-        add_output_stats(self._stats, outputs, seconds)
-
     def stats(self) -> dict[str, float]:
         return dict(self._stats)
 
     def close(self) -> None:
-        import torch
-
         self.model = None
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+        release_torch_memory()

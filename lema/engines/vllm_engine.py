@@ -6,7 +6,6 @@ engine is built, so nothing else in lema needs it installed.
 
 from __future__ import annotations
 
-import gc
 import time
 
 from lema.config import EngineConfig, SamplingConfig
@@ -17,6 +16,7 @@ from lema.engines import (
     RequestOutput,
     add_output_stats,
     new_stats,
+    release_torch_memory,
 )
 
 _FINISH = {"stop": "stop", "length": "length"}  # anything else ("abort", None) is an error
@@ -123,9 +123,5 @@ class VLLMEngine:
         return dict(self._stats)
 
     def close(self) -> None:
-        import torch
-
         self.llm = None
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+        release_torch_memory()
