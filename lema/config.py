@@ -12,15 +12,40 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 
 class ConfigError(ValueError):
     """A configuration that cannot be used; the message names every bad key."""
 
 
+OPERATIONAL = {"operational": True}
+"""`json_schema_extra` of fields that change how a stage runs, not what it produces (actors,
+batch sizes, API limits, prices): they stay out of stage hashes, so re-scaling a finished
+stage does not redo it."""
+
+
 class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+
+    def result_view(self) -> dict[str, Any]:
+        """The fields that decide a stage's results (OPERATIONAL ones left out), as JSON data."""
+        out: dict[str, Any] = {}
+        for name, info in type(self).model_fields.items():
+            if (info.json_schema_extra or {}).get("operational"):
+                continue
+            out[name] = _result_value(getattr(self, name))
+        return out
+
+
+def _result_value(value: Any) -> Any:
+    if isinstance(value, StrictModel):
+        return value.result_view()
+    if isinstance(value, (list, tuple)):
+        return [_result_value(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _result_value(v) for k, v in value.items()}
+    return value
 
 
 # ---------------------------------------------------------------- problems
@@ -61,32 +86,34 @@ class SamplingConfig(StrictModel):
 
 
 class VLLMOptions(StrictModel):
-    tensor_parallel_size: int = 1
-    gpu_memory_utilization: float = 0.9
+    tensor_parallel_size: int = Field(1, ge=1, json_schema_extra=OPERATIONAL)
+    """GPUs one engine spans; the actor pool must reserve as many (`pool.num_gpus`)."""
+    gpu_memory_utilization: float = Field(0.9, json_schema_extra=OPERATIONAL)
     max_model_len: int | None = None
-    max_lora_rank: int = 64
-    enforce_eager: bool = False
+    """Longest prompt + completion in tokens; a longer prompt fails alone with its reason."""
+    max_lora_rank: int = Field(64, json_schema_extra=OPERATIONAL)
+    enforce_eager: bool = Field(False, json_schema_extra=OPERATIONAL)
 
 
 class OpenAIOptions(StrictModel):
     base_url: str | None = None
     """OpenAI-compatible endpoint, e.g. http://localhost:8000/v1 (None: the official API)."""
-    api_key_env: str = "OPENAI_API_KEY"
+    api_key_env: str = Field("OPENAI_API_KEY", json_schema_extra=OPERATIONAL)
     """Environment variable holding the key (never put keys in configs)."""
-    max_concurrency: int = Field(16, ge=1)
-    requests_per_minute: float | None = None
-    tokens_per_minute: float | None = None
-    timeout_s: float = 120.0
+    max_concurrency: int = Field(16, ge=1, json_schema_extra=OPERATIONAL)
+    requests_per_minute: float | None = Field(None, json_schema_extra=OPERATIONAL)
+    tokens_per_minute: float | None = Field(None, json_schema_extra=OPERATIONAL)
+    timeout_s: float = Field(120.0, json_schema_extra=OPERATIONAL)
     """Per-request timeout."""
-    max_retries: int = 6
+    max_retries: int = Field(6, json_schema_extra=OPERATIONAL)
     """Retries on 429, 5xx and timeouts, with jittered exponential backoff."""
-    backoff_s: float = 1.0
+    backoff_s: float = Field(1.0, json_schema_extra=OPERATIONAL)
     """First backoff; doubles each retry, capped at 60 s."""
-    cache_dir: str | None = None
+    cache_dir: str | None = Field(None, json_schema_extra=OPERATIONAL)
     """On-disk response cache; a re-run pays nothing twice (None: no cache)."""
-    price_per_1m_input: float = 0.0
+    price_per_1m_input: float = Field(0.0, json_schema_extra=OPERATIONAL)
     """USD per million prompt tokens (for cost accounting)."""
-    price_per_1m_output: float = 0.0
+    price_per_1m_output: float = Field(0.0, json_schema_extra=OPERATIONAL)
     """USD per million completion tokens."""
     structured_output: bool = False
     """Ask for JSON through `response_format` (the corrector's JSON variant)."""
@@ -104,9 +131,14 @@ class EngineConfig(StrictModel):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     """auto: bf16 on GPU, fp32 on CPU."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    batch_size: int = Field(8, ge=1)
+    prompt_format: Literal["auto", "chat", "plain"] = "auto"
+    """How chat messages become the model's input: `chat` through the tokenizer's chat
+    template, `plain` as plain text (`lema.prompts.render_plain`, for base models without a
+    template; the openai backend then calls the completions endpoint); `auto`: chat when the
+    tokenizer has a template, else plain (openai: chat)."""
+    batch_size: int = Field(8, ge=1, json_schema_extra=OPERATIONAL)
     """transformers: prompts per generate() call."""
-    threads: int | None = None
+    threads: int | None = Field(None, json_schema_extra=OPERATIONAL)
     """transformers on CPU: torch threads (None: leave as is)."""
     vllm: VLLMOptions = Field(default_factory=VLLMOptions)
     openai: OpenAIOptions = Field(default_factory=OpenAIOptions)
@@ -122,19 +154,43 @@ class GeneratorConfig(StrictModel):
 
 
 class PoolConfig(StrictModel):
+    """How a model stage runs on the cluster; nothing here changes its results."""
+
     min_actors: int = Field(1, ge=1)
     max_actors: int = Field(1, ge=1)
     num_cpus: float = 1.0
     """CPUs per actor (fractional is fine)."""
     num_gpus: float = 0.0
-    """GPUs per actor (1 for a vLLM actor on a GPU worker)."""
+    """GPUs per actor (1 for a vLLM actor on a GPU worker; = tensor_parallel_size)."""
     batch_size: int = Field(16, ge=1)
-    """Rows per Ray Data batch."""
+    """Rows per chunk: one chunk is one actor call and one Parquet part."""
     max_restarts: int = 3
     """How often a dead actor is replaced (its batch is retried)."""
     calls_per_actor: int = Field(1, ge=1)
     """Chunks one actor works on at once. >1 suits API-backed actors: one chunk is parsed and
     verified while the next is in flight (the engine's concurrency bound is shared)."""
+    max_failure_rate: float = Field(0.2, ge=0.0, le=1.0)
+    """Past this fraction of failed requests (over the stage, once 10 are in, or a whole chunk
+    failing) the stage stops with an error naming the engine and the first error; below it
+    failures are recorded with their reasons."""
+
+    @model_validator(mode="after")
+    def _sizes(self) -> PoolConfig:
+        if self.min_actors > self.max_actors:
+            raise ValueError(f"min_actors ({self.min_actors}) > max_actors ({self.max_actors})")
+        return self
+
+
+def _check_vllm_gpus(engines: list[tuple[str, EngineConfig]], pool: PoolConfig, where: str) -> None:
+    """A vLLM engine spans `tensor_parallel_size` GPUs: its actor must reserve exactly those."""
+    for key, engine in engines:
+        tp = engine.vllm.tensor_parallel_size
+        if engine.backend == "vllm" and pool.num_gpus != tp:
+            raise ValueError(f"{key}.vllm.tensor_parallel_size is {tp} but {where}.pool.num_gpus is "
+                             f"{pool.num_gpus:g}: set num_gpus to {tp} (one actor holds the whole engine)")
+        if engine.backend == "vllm" and pool.calls_per_actor > 1:
+            raise ValueError(f"{where}.pool.calls_per_actor must be 1 for a vllm engine "
+                             "(one offline engine per actor is not thread-safe)")
 
 
 # ---------------------------------------------------------------- stages
@@ -142,7 +198,13 @@ class SampleConfig(StrictModel):
     generators: list[GeneratorConfig] = Field(default_factory=lambda: [GeneratorConfig()])
     prompt: str = "cot"
     """Prompt file in lema/prompts (without .yaml) or a path to one."""
-    pool: PoolConfig = Field(default_factory=PoolConfig)
+    pool: PoolConfig = Field(default_factory=PoolConfig, json_schema_extra=OPERATIONAL)
+
+    @model_validator(mode="after")
+    def _gpus(self) -> SampleConfig:
+        _check_vllm_gpus([(f"generators.{i}.engine", g.engine) for i, g in enumerate(self.generators)],
+                         self.pool, "sample")
+        return self
 
 
 class CorrectConfig(StrictModel):
@@ -155,7 +217,13 @@ class CorrectConfig(StrictModel):
     """Corrections tried per path; the first verified one is kept."""
     max_paths: int | None = None
     """Correct at most N inaccurate paths (None: all)."""
-    pool: PoolConfig = Field(default_factory=PoolConfig)
+    pool: PoolConfig = Field(default_factory=PoolConfig, json_schema_extra=OPERATIONAL)
+
+    @model_validator(mode="after")
+    def _gpus(self) -> CorrectConfig:
+        if self.corrector == "llm":
+            _check_vllm_gpus([("engine", self.engine)], self.pool, "correct")
+        return self
 
 
 class DataConfig(StrictModel):
@@ -190,24 +258,30 @@ class TrainConfig(StrictModel):
     batch_size: int = 4
     grad_accum: int = 1
     max_seq_len: int = 1024
+    prompt_format: Literal["auto", "chat", "plain"] = "auto"
+    """How examples become token sequences; match the engine that samples and evaluates the
+    model (see EngineConfig.prompt_format): auto = chat when the tokenizer has a template."""
     warmup_ratio: float = 0.03
     weight_decay: float = 0.0
-    eval_every: int = 50
-    checkpoint_every: int = 50
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass: far less memory (7B models), ~30% slower."""
+    eval_every: int = Field(50, json_schema_extra=OPERATIONAL)
+    checkpoint_every: int = Field(50, json_schema_extra=OPERATIONAL)
     """Optimizer steps between checkpoints (and Ray Train reports)."""
-    num_workers: int = 1
+    num_workers: int = Field(1, ge=1)
+    """Data-parallel workers (DDP); each takes `batch_size` examples a micro-batch."""
     use_gpu: bool = False
-    cpus_per_worker: float = 1.0
-    max_failures: int = 2
+    cpus_per_worker: float = Field(1.0, json_schema_extra=OPERATIONAL)
+    max_failures: int = Field(2, json_schema_extra=OPERATIONAL)
     """Worker failures tolerated; training resumes from the last checkpoint."""
     merge: bool = False
     """Also save the adapter merged into the base weights."""
     seed: int = 0
     max_grad_norm: float | None = 1.0
     """Clip the gradient norm to this (None: no clipping)."""
-    torch_threads: int | None = 1
+    torch_threads: int | None = Field(1, json_schema_extra=OPERATIONAL)
     """CPU threads per training worker (None: torch's default; 1 is fastest here, RAY-NOTES)."""
-    crash_at_step: int | None = None
+    crash_at_step: int | None = Field(None, json_schema_extra=OPERATIONAL)
     """Testing only: the worker kills its own process once, after this step (fault tolerance)."""
 
 
@@ -222,7 +296,12 @@ class EvaluateConfig(StrictModel):
     """Also evaluate the base model (for the base vs adapter table)."""
     engine: EngineConfig = Field(default_factory=EngineConfig)
     """Engine settings for evaluation (model and adapter are filled in by the pipeline)."""
-    pool: PoolConfig = Field(default_factory=PoolConfig)
+    pool: PoolConfig = Field(default_factory=PoolConfig, json_schema_extra=OPERATIONAL)
+
+    @model_validator(mode="after")
+    def _gpus(self) -> EvaluateConfig:
+        _check_vllm_gpus([("engine", self.engine)], self.pool, "evaluate")
+        return self
 
 
 class RayConfig(StrictModel):
@@ -241,6 +320,9 @@ class LemaConfig(StrictModel):
     dry_run: bool = False
     """Validate the config, print the plan, do nothing."""
     grading_mode: Literal["robust", "lema_compat"] = "robust"
+    """The grading mode whose pass@1 heads the summary and report. Evaluation scores under both
+    modes side by side; sampling and correction always grade `robust` (a path wrongly marked
+    wrong would go to a paid corrector)."""
     problems: ProblemSourceConfig = Field(default_factory=ProblemSourceConfig)
     sample: SampleConfig = Field(default_factory=SampleConfig)
     correct: CorrectConfig = Field(default_factory=CorrectConfig)
@@ -352,6 +434,7 @@ def _deep_update(base: dict[str, Any], new: dict[str, Any]) -> None:
 
 
 def config_hash(cfg: BaseModel | dict[str, Any]) -> str:
-    """A stable hash of a config (or a part of it), for manifests and stage skipping."""
-    data = cfg.model_dump(mode="json") if isinstance(cfg, BaseModel) else cfg
+    """A stable hash of what in a config decides results (OPERATIONAL fields left out)."""
+    data = _result_value(cfg.model_dump(mode="json") if not isinstance(cfg, StrictModel) and
+                         isinstance(cfg, BaseModel) else cfg)
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]

@@ -11,6 +11,7 @@ from typing import Any
 
 from lema.config import CorrectConfig
 from lema.records import Correction
+from lema.sampling import request_seed
 from lema.sources import grading_dataset
 
 REQUIRED_PATH_FIELDS = ("path_id", "problem_id", "question", "text", "answer")
@@ -75,7 +76,8 @@ def correct_paths(
         sampling = cfg.sampling.model_copy(update={"n": cfg.k})
         schema = CORRECTION_JSON_SCHEMA if cfg.prompt == "json" else None
         messages = [build_corrector_messages(p["question"], p["text"], cfg.prompt) for p in batch]
-        outputs = engine.generate(messages, sampling, json_schema=schema)
+        seeds = [request_seed(sampling.seed, p["path_id"]) for p in batch]
+        outputs = engine.generate(messages, sampling, json_schema=schema, seeds=seeds)
         replies = [[c.text for c in o.completions] for o in outputs]
         errors = [o.error for o in outputs]
         usage = [(o.prompt_tokens + sum(c.tokens for c in o.completions), o.cost) for o in outputs]

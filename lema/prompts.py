@@ -101,6 +101,34 @@ def load_prompt(name: str) -> PromptTemplate:
     return PromptTemplate(path.stem, data["user"].strip(), data.get("system"), examples)
 
 
+def render_plain(messages: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
+    """Chat messages as plain text, for models without a chat template (base models).
+
+    The system message, then each user turn and its reply on the next line, turns separated by
+    a blank line; with `add_generation_prompt` the text ends after the last user turn's newline,
+    where the model continues. A prompt written for base models (the paper's "Question: ...
+    Answer: Let's think step by step.") thus reads exactly as written.
+    """
+    parts = [m["content"].strip() for m in messages if m["role"] == "system"]
+    turns = [m for m in messages if m["role"] != "system"]
+    text = "".join(p + "\n\n" for p in parts)
+    for i, m in enumerate(turns):
+        content = m["content"].strip()
+        if m["role"] == "user":
+            text += content + "\n"
+        else:
+            text += content + ("\n\n" if i < len(turns) - 1 else "")
+    return text if add_generation_prompt or not turns or turns[-1]["role"] != "user" else text[:-1]
+
+
+def plain_stops(messages: list[dict[str, str]]) -> list[str]:
+    """Stop strings for a plain-text prompt: a base model that has answered goes on with the
+    next turn, which starts like the last user turn (its first line) or with "Question:"."""
+    users = [m["content"].strip() for m in messages if m["role"] == "user"]
+    first_line = users[-1].split("\n", 1)[0].strip()[:40] if users else ""
+    return [s for s in ("\n" + first_line if len(first_line) >= 8 else "", "\nQuestion:") if s]
+
+
 def build_cot_messages(question: str, prompt: str = "cot") -> list[dict[str, str]]:
     """Chat messages asking for a numbered step-by-step solution of `question`."""
     return load_prompt(prompt).render(question=question.strip())

@@ -56,6 +56,8 @@ class Path(Record):
     answer: str = ""  # gold answer
     finish_reason: str = ""
     error: str | None = None  # set when generation failed for this path
+    compat_answer: str | None = None  # lema_compat grading (evaluation only)
+    compat_correct: bool | None = None
 
 
 @dataclass
@@ -99,4 +101,5 @@ class EvalResult(Record):
     pass_at_1: float
     pass_at_k: dict[str, float] = field(default_factory=dict)
     majority: float | None = None
+    pass_at_1_lema_compat: float | None = None  # the same predictions under the paper's rules
     predictions_file: str = ""

@@ -5,6 +5,7 @@ Pure library code (no Ray): the sample and evaluate stages call it once per chun
 
 from __future__ import annotations
 
+import zlib
 from typing import Any
 
 from lema.config import SamplingConfig
@@ -23,21 +24,33 @@ def check_problem(row: dict[str, Any]) -> str | None:
     return None
 
 
+def request_seed(seed: int | None, key: str) -> int | None:
+    """The sampling seed of one request, from the run's seed and the item's id (a problem or a
+    path): the same item samples the same in any chunk or batch, and an API request keeps its
+    response-cache key when the chunking changes."""
+    if seed is None:
+        return None
+    return (seed * 1_000_003 + zlib.crc32(key.encode())) % (2**31)
+
+
 def sample_problems(
     engine: Any,
     problems: list[dict[str, Any]],
     sampling: SamplingConfig,
     generator: str,
     prompt: str = "cot",
-    grading_mode: str = "robust",
+    compat: bool = False,
 ) -> tuple[list[Path], list[dict[str, Any]]]:
-    """Sample `sampling.n` paths per problem and grade them.
+    """Sample `sampling.n` paths per problem and grade them (`robust` mode).
 
     Args:
         engine: an `lema.engines.Engine`.
         problems: Problem dicts; malformed ones are set aside as rejects with a reason.
-        sampling: n, temperature, seed, ... (the seed should already be chunk-specific).
+        sampling: n, temperature, seed, ...; each problem samples with its own seed
+            (`request_seed(sampling.seed, problem id)`).
         generator: the model label written on each Path.
+        compat: also grade in `lema_compat` mode (the paper's rules), into `compat_answer`
+            and `compat_correct` (evaluation reports both).
 
     Returns:
         (paths, rejects): every valid problem gets exactly n paths (failed generations carry
@@ -57,7 +70,8 @@ def sample_problems(
     if not valid:
         return [], rejects
 
-    outputs = engine.generate([build_cot_messages(p.question, prompt) for p in valid], sampling)
+    outputs = engine.generate([build_cot_messages(p.question, prompt) for p in valid], sampling,
+                              seeds=[request_seed(sampling.seed, p.id) for p in valid])
     paths: list[Path] = []
     to_grade: list[tuple[int, tuple[str, str, str]]] = []
     for problem, out in zip(valid, outputs):
@@ -81,10 +95,14 @@ def sample_problems(
             if completion:
                 to_grade.append((len(paths), (path.text, problem.answer, grading_dataset(problem.dataset))))
             paths.append(path)
-    verdicts = grade_many([row for _, row in to_grade], mode=grading_mode)
+    verdicts = grade_many([row for _, row in to_grade], mode="robust")
     for (i, _), verdict in zip(to_grade, verdicts):
         paths[i].predicted_answer = verdict.predicted_answer
         paths[i].correct = verdict.correct
+    if compat:
+        for (i, _), verdict in zip(to_grade, grade_many([row for _, row in to_grade], mode="lema_compat")):
+            paths[i].compat_answer = verdict.predicted_answer
+            paths[i].compat_correct = verdict.correct
     return paths, rejects
 
 

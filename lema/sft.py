@@ -11,6 +11,7 @@ differently) and `DataCollatorForLanguageModeling` (right padding, labels padded
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
@@ -24,6 +25,7 @@ from trl.data_utils import common_prefix_length
 from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
 from lema.config import LoraConfig
+from lema.prompts import render_plain
 
 IGNORE_INDEX = -100  # label of tokens that carry no loss
 ADAPTER_DIR = "adapter"  # inside a checkpoint
@@ -35,13 +37,17 @@ Features = dict[str, list[int]]
 
 
 # ---------------------------------------------------------------- data
-def tokenize_chat(messages: Messages, tokenizer: Any, max_seq_len: int) -> Features | None:
-    """Tokenize a chat with its template; only the last (assistant) message carries labels.
+def tokenize_chat(messages: Messages, tokenizer: Any, max_seq_len: int,
+                  prompt_format: str = "chat") -> Features | None:
+    """Tokenize a chat; only the last (assistant) message carries labels.
 
     Args:
         messages: chat messages; the last one is the assistant target.
-        tokenizer: a tokenizer with a chat template.
+        tokenizer: the model's tokenizer.
         max_seq_len: sequences are cut on the right to this many tokens.
+        prompt_format: `chat` renders with the tokenizer's chat template; `plain` as the
+            engines render prompts for a model without one (`lema.prompts.render_plain`), the
+            target followed by EOS so the tuned model learns to stop.
 
     Returns:
         {"input_ids", "labels"} with labels = IGNORE_INDEX on the prompt, or None when the cut
@@ -50,10 +56,15 @@ def tokenize_chat(messages: Messages, tokenizer: Any, max_seq_len: int) -> Featu
     if not messages or messages[-1]["role"] != "assistant":
         raise ValueError("the last message must be the assistant target, got "
                          f"{messages[-1]['role'] if messages else 'no messages'!r}")
-    prompt = tokenizer.apply_chat_template(
-        messages[:-1], tokenize=True, return_dict=True, add_generation_prompt=True
-    )["input_ids"]
-    full = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True)["input_ids"]
+    if prompt_format == "plain":
+        prompt = tokenizer(render_plain(messages[:-1]))["input_ids"]
+        full = tokenizer(render_plain(messages, add_generation_prompt=False))["input_ids"]
+        full = full + [tokenizer.eos_token_id]
+    else:
+        prompt = tokenizer.apply_chat_template(
+            messages[:-1], tokenize=True, return_dict=True, add_generation_prompt=True
+        )["input_ids"]
+        full = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True)["input_ids"]
     start = common_prefix_length(prompt, full)
     input_ids = full[:max_seq_len]
     labels = ([IGNORE_INDEX] * start + full[start:])[:max_seq_len]
@@ -63,10 +74,10 @@ def tokenize_chat(messages: Messages, tokenizer: Any, max_seq_len: int) -> Featu
 
 
 def tokenize_chats(
-    chats: Sequence[Messages], tokenizer: Any, max_seq_len: int
+    chats: Sequence[Messages], tokenizer: Any, max_seq_len: int, prompt_format: str = "chat"
 ) -> tuple[list[Features], int]:
     """Tokenize many chats; returns (features, how many were dropped for having no completion)."""
-    out = [tokenize_chat(m, tokenizer, max_seq_len) for m in chats]
+    out = [tokenize_chat(m, tokenizer, max_seq_len, prompt_format) for m in chats]
     kept = [f for f in out if f is not None]
     return kept, len(out) - len(kept)
 
@@ -184,20 +195,27 @@ def train_step(
 ) -> dict[str, float]:
     """One optimizer step over collated micro-batches (gradient accumulation).
 
-    The loss is the mean over all completion tokens of the step, not a mean of micro-batch
-    means, so short and long completions weigh the same per token.
+    The loss is the mean over all completion tokens of the step on all workers, not a mean of
+    micro-batch or per-worker means, so every completion token weighs the same: each worker
+    divides its token-loss sum by the global label count and scales by the world size, which
+    DDP's gradient averaging divides out again. Gradients are synchronised once a step (on the
+    last micro-batch only).
 
     Returns:
-        {"loss", "label_tokens", "tokens"} summed/averaged over all workers when distributed.
+        {"loss", "label_tokens", "tokens"} over all workers.
     """
     model.train()
-    n_labels = sum(_label_count(b["labels"]) for b in micro_batches)
+    local_labels = sum(_label_count(b["labels"]) for b in micro_batches)
+    n_labels = max(int(_all_reduce([local_labels], device)[0]), 1)
+    world = _world_size()
     loss_sum, tokens = 0.0, 0
-    for batch in micro_batches:
+    for j, batch in enumerate(micro_batches):
         batch = _to_device(batch, device)
-        out = model(**batch, num_items_in_batch=max(n_labels, 1))  # sum / n_labels
-        out.loss.backward()
-        loss_sum += float(out.loss.detach()) * max(n_labels, 1)
+        last = j == len(micro_batches) - 1
+        with contextlib.nullcontext() if last or world == 1 else model.no_sync():
+            out = model(**batch, num_items_in_batch=n_labels)  # this worker's sum / global count
+            (out.loss * world).backward()
+        loss_sum += float(out.loss.detach()) * n_labels
         tokens += int(batch["attention_mask"].sum())
     if max_grad_norm is not None:
         torch.nn.utils.clip_grad_norm_(
@@ -206,8 +224,8 @@ def train_step(
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
-    totals = _all_reduce([loss_sum, n_labels, tokens], device)
-    return {"loss": totals[0] / max(totals[1], 1), "label_tokens": totals[1], "tokens": totals[2]}
+    totals = _all_reduce([loss_sum, tokens], device)
+    return {"loss": totals[0] / n_labels, "label_tokens": n_labels, "tokens": totals[1]}
 
 
 @torch.no_grad()
@@ -235,11 +253,16 @@ def evaluate_loss(
     return loss_sum / n if n else None
 
 
+def _world_size() -> int:
+    dist = torch.distributed
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
 def _all_reduce(values: list[float], device: torch.device) -> list[float]:
     """Sum across workers when torch.distributed runs with more than one (else unchanged)."""
-    dist = torch.distributed
-    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+    if _world_size() == 1:
         return values
+    dist = torch.distributed
     t = torch.tensor(values, dtype=torch.float64, device=device)
     dist.all_reduce(t)
     return t.tolist()

@@ -10,6 +10,7 @@ corrector's output format (incorrect step, explanation, corrected solution).
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import random
 import re
@@ -18,13 +19,13 @@ from pathlib import Path as FilePath
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from lema.config import DataConfig
 from lema.correction import format_correction_reply
 from lema.prompts import build_corrector_messages, build_cot_messages, format_solution
 from lema.records import Correction, Example, Path, Problem, stable_id
+from lema.storage import Storage
 
 
 def cot_example(
@@ -206,7 +207,7 @@ def write_examples(examples: list[Example], path: str | FilePath) -> str:
     """Write examples as JSONL (.jsonl/.json) or Parquet (.parquet), one row per example.
 
     Both load with `datasets.load_dataset("json"|"parquet", data_files=path)` and give a
-    `messages` column of [{role, content}] lists. `path` may be a pyarrow filesystem URI.
+    `messages` column of [{role, content}] lists. `path` may be any `lema.storage` URI.
 
     Returns:
         The path written.
@@ -216,27 +217,24 @@ def write_examples(examples: list[Example], path: str | FilePath) -> str:
     if suffix not in (".jsonl", ".json", ".parquet"):
         raise ValueError(f"cannot write examples to {target!r}: suffix {suffix!r} is not one of "
                          ".jsonl, .json, .parquet")
-    if "://" in target:
-        fs, where = pafs.FileSystem.from_uri(target)
-    else:
-        fs, where = pafs.LocalFileSystem(), str(FilePath(target).resolve())
-    fs.create_dir(where.rsplit("/", 1)[0], recursive=True)
     rows = [ex.to_dict() for ex in examples]
     if suffix == ".parquet":
-        pq.write_table(pa.Table.from_pylist(rows, schema=_SCHEMA), where, filesystem=fs)
+        buf = io.BytesIO()
+        pq.write_table(pa.Table.from_pylist(rows, schema=_SCHEMA), buf)
+        Storage(target).write_bytes(buf.getvalue())
     else:
-        with fs.open_output_stream(where) as out:
-            out.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode())
+        Storage(target).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     return target
 
 
 def read_examples(path: str | FilePath) -> list[Example]:
-    """Examples back from a file written by `write_examples` (local path)."""
-    target = FilePath(path)
-    if target.suffix.lower() == ".parquet":
-        rows = pq.read_table(target).to_pylist()
+    """Examples back from a file written by `write_examples` (any `lema.storage` URI)."""
+    target = str(path)
+    data = Storage(target).read_bytes()
+    if target.split("?")[0].lower().endswith(".parquet"):
+        rows = pq.read_table(pa.BufferReader(data)).to_pylist()
     else:
-        rows = [json.loads(line) for line in target.read_text().splitlines() if line.strip()]
+        rows = [json.loads(line) for line in data.decode().splitlines() if line.strip()]
     return [Example.from_dict(r) for r in rows]
 
 

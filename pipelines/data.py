@@ -8,30 +8,24 @@ from __future__ import annotations
 
 from typing import Any
 
-from lema.config import LemaConfig
 from lema.records import Correction, Path, Problem
 from lema.training_data import build_examples, write_examples
+from pipelines.evaluate import eval_problems
 from pipelines.pool import Timer
-from pipelines.stage_io import StageDir
+from pipelines.stage_io import RunContext, StageDir
 
 
-def run_data(cfg: LemaConfig, problems: list[Problem], paths: list[dict[str, Any]],
-             corrections: list[dict[str, Any]], eval_questions: list[str], stage: StageDir,
-             stage_hash: str) -> dict[str, Any]:
+def run_data(ctx: RunContext, stage: StageDir, stage_hash: str) -> dict[str, Any]:
+    """Build the training set, decontaminated against every evaluation set; write it."""
     timer = Timer()
+    eval_questions = [p.question for ps in eval_problems(ctx).values() for p in ps]
     train, held_out, stats = build_examples(
-        problems, [Path.from_dict(p) for p in paths], [Correction.from_dict(c) for c in corrections],
-        eval_questions, cfg.data,
+        [Problem.from_dict(p) for p in ctx.rows("problems")],
+        [Path.from_dict(p) for p in ctx.rows("sample")],
+        [Correction.from_dict(c) for c in ctx.rows("correct")],
+        eval_questions, ctx.cfg.data,
     )
-    write_examples(train, stage.file_path("train.jsonl"))
-    write_examples(held_out, stage.file_path("held_out.jsonl"))
+    write_examples(train, stage.file("train.jsonl").uri)
+    write_examples(held_out, stage.file("held_out.jsonl").uri)
     return stage.write_manifest(stage_hash, **stats, train_file="train.jsonl",
                                 held_out_file="held_out.jsonl", wall_s=timer.seconds)
-
-
-if __name__ == "__main__":  # this stage and the ones before it (skipped when already complete)
-    import sys
-
-    from pipelines.lema import main
-
-    sys.exit(main([*sys.argv[1:], "--until", "data"]))

@@ -1,18 +1,20 @@
-"""The run report: `report.md` with PNG plots beside it, from every stage's manifest."""
+"""The run report: `report.md` with PNG plots beside it, from every stage's manifest (written
+through `lema.storage`, so a run on s3:// has its report there too)."""
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
+import io
 from typing import Any
 
+from lema.storage import Storage
 
-def _load(run_dir: Path, stages: list[str]) -> dict[str, dict[str, Any]]:
+
+def _load(run_dir: Storage, stages: list[str]) -> dict[str, dict[str, Any]]:
     out = {}
     for s in stages:
-        f = run_dir / s / "manifest.json"
-        if f.is_file():
-            out[s] = json.loads(f.read_text())
+        manifest = run_dir.join(s, "manifest.json").read_json()
+        if manifest is not None:
+            out[s] = manifest
     return out
 
 
@@ -28,23 +30,30 @@ def _bar(ax, labels: list[str], values: list[float], title: str, fmt: str = "{:g
     ax.tick_params(axis="x", labelrotation=20, labelsize=8)
 
 
-def _save(fig, path: Path) -> str:
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+def _fmt(value: Any) -> str:
+    """A figure for a person: floats to 4 significant digits, the rest as is."""
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _save(fig, path: Storage) -> str:
     import matplotlib.pyplot as plt
 
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, dpi=110, format="png")
     plt.close(fig)
+    path.write_bytes(buf.getvalue())
     return path.name
 
 
-def write_report(run_dir: str, stages: list[str]) -> str:
-    """Write report.md and its plots into run_dir; returns the report's path."""
+def write_report(run_dir: Storage, stages: list[str]) -> str:
+    """Write report.md and its plots into run_dir; returns the report's URI."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    root = Path(run_dir)
+    root = run_dir
     m = _load(root, stages)
     lines = [f"# LeMa run report: `{root.name}`", ""]
     plots: list[tuple[str, str]] = []
@@ -60,7 +69,7 @@ def write_report(run_dir: str, stages: list[str]) -> str:
     }
     fig, ax = plt.subplots(figsize=(7, 3.2))
     _bar(ax, list(counts), list(counts.values()), "Records per stage")
-    plots.append(("Records per stage", _save(fig, root / "counts.png")))
+    plots.append(("Records per stage", _save(fig, root.join("counts.png"))))
 
     # -- generators: accuracy and inaccurate-path rate
     per = m.get("sample", {}).get("per_generator", {})
@@ -69,7 +78,7 @@ def write_report(run_dir: str, stages: list[str]) -> str:
         _bar(axes[0], list(per), [g["accuracy"] for g in per.values()], "Generator accuracy", "{:.2f}", rate=True)
         _bar(axes[1], list(per), [g["inaccurate"] / max(1, g["paths"] - g["failed"]) for g in per.values()],
              "Inaccurate-path rate", "{:.2f}", rate=True)
-        plots.append(("Generators", _save(fig, root / "generators.png")))
+        plots.append(("Generators", _save(fig, root.join("generators.png"))))
 
     # -- corrections: outcomes and where the first mistake falls
     corr = m.get("correct", {})
@@ -80,7 +89,7 @@ def write_report(run_dir: str, stages: list[str]) -> str:
              f"Correction outcomes (verified {corr.get('verification_rate', 0):.0%})")
         hist = corr.get("incorrect_step_histogram", {})
         _bar(axes[1], [f"step {k}" for k in hist], list(hist.values()), "First incorrect step")
-        plots.append(("Corrections", _save(fig, root / "corrections.png")))
+        plots.append(("Corrections", _save(fig, root.join("corrections.png"))))
 
     # -- training loss curve
     hist = m.get("train", {}).get("history", [])
@@ -95,22 +104,28 @@ def write_report(run_dir: str, stages: list[str]) -> str:
         ax.set_xlabel("optimizer step")
         ax.set_title("Training loss")
         ax.legend()
-        plots.append(("Training", _save(fig, root / "training_loss.png")))
+        plots.append(("Training", _save(fig, root.join("training_loss.png"))))
 
     # -- base vs adapter
     results = m.get("evaluate", {}).get("results", [])
     if results:
-        lines += ["## Base vs adapter", "", "| dataset | model | problems | pass@1 | pass@k | majority |",
-                  "|---|---|---|---|---|---|"]
+        data = m.get("data", {})
+        lines += ["## Base vs adapter", "",
+                  f"The adapter was trained on {data.get('cot', 0)} CoT examples and "
+                  f"{data.get('correction', 0)} verified corrections. pass@1 is graded `robust` "
+                  "(ours) and `lema_compat` (the LeMa paper's evaluation rules).", "",
+                  "| dataset | model | problems | pass@1 | pass@1 lema_compat | pass@k | majority |",
+                  "|---|---|---|---|---|---|---|"]
         for r in results:
             pk = ", ".join(f"@{k}: {v:.3f}" for k, v in r.get("pass_at_k", {}).items())
             maj = "" if r.get("majority") is None else f"{r['majority']:.3f}"
-            lines.append(f"| {r['dataset']} | {r['variant']} | {r['problems']} | {r['pass_at_1']:.3f} | {pk} | {maj} |")
+            lines.append(f"| {r['dataset']} | {r['variant']} | {r['problems']} | {r['pass_at_1']:.3f} | "
+                         f"{r['pass_at_1_lema_compat']:.3f} | {pk} | {maj} |")
         lines.append("")
         fig, ax = plt.subplots(figsize=(6, 3.2))
         _bar(ax, [f"{r['dataset']}\n{r['variant']}" for r in results], [r["pass_at_1"] for r in results],
              "pass@1", "{:.3f}", rate=True)
-        plots.append(("Evaluation", _save(fig, root / "evaluation.png")))
+        plots.append(("Evaluation", _save(fig, root.join("evaluation.png"))))
 
     # -- per stage: records, tokens, wall time, cost
     lines += ["## Stages", "", "| stage | key figures | tokens | wall s | cost $ |", "|---|---|---|---|---|"]
@@ -121,15 +136,15 @@ def write_report(run_dir: str, stages: list[str]) -> str:
         if s not in m:
             lines.append(f"| {s} | not run | | | |")
             continue
-        figs = ", ".join(f"{k} {m[s][k]}" for k in keys.get(s, []) if k in m[s])
+        figs = ", ".join(f"{k} {_fmt(m[s][k])}" for k in keys.get(s, []) if k in m[s])
         tok = m[s].get("tokens", m[s].get("train_tokens", ""))
-        lines.append(f"| {s} | {figs} | {tok} | {m[s].get('wall_s', '')} | {m[s].get('cost', '')} |")
+        lines.append(f"| {s} | {figs} | {tok} | {_fmt(m[s].get('wall_s', ''))} | {_fmt(m[s].get('cost', ''))} |")
     lines.append("")
     if corr.get("reject_reasons"):
         lines += ["## Corrections not kept, by reason", ""]
         lines += [f"- {k}: {v}" for k, v in corr["reject_reasons"].items()] + [""]
     for title, png in plots:
         lines += [f"## {title}", "", f"![{title}]({png})", ""]
-    path = root / "report.md"
+    path = root.join("report.md")
     path.write_text("\n".join(lines))
-    return str(path)
+    return path.uri

@@ -1,6 +1,6 @@
 """The sample stage: Problems -> graded Paths, on a Ray Data actor pool (one engine per actor).
 
-Run alone: `python -m pipelines.sample CONFIG [key=val ...]` (runs the problems stage first unless complete).
+Also the runner of the evaluate stage, which samples test problems the same way.
 """
 
 from __future__ import annotations
@@ -8,61 +8,57 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from lema.config import GeneratorConfig, LemaConfig, PoolConfig, config_hash
-from lema.records import Problem
+from lema.config import GeneratorConfig, LemaConfig, PoolConfig
 from lema.sampling import sample_problems, summarize_paths
-from pipelines.pool import Timer, chunk_seed, make_chunks, read_sides, run_chunks
-from pipelines.stage_io import StageDir
+from pipelines.budget import stage_budget
+from pipelines.pool import Timer, failure_side, read_sides, run_chunks
+from pipelines.stage_io import RunContext, StageDir
 
 
 class SampleStage:
     """One actor: builds its engine once, then samples and grades a chunk of problems per call."""
 
-    def __init__(self, generator: dict[str, Any], prompt: str, grading_mode: str, threads: int):
+    def __init__(self, generator: dict[str, Any], prompt: str, compat: bool, threads: int,
+                 budget: Any = None):
         from lema.engines import build_engine
 
         self.cfg = GeneratorConfig.model_validate(generator)
         engine_cfg = self.cfg.engine
         if engine_cfg.threads is None and engine_cfg.backend == "transformers":
             engine_cfg = engine_cfg.model_copy(update={"threads": threads})
-        self.engine = build_engine(engine_cfg)
-        self.prompt, self.grading_mode = prompt, grading_mode
+        self.engine = build_engine(engine_cfg, budget)
+        self.prompt, self.compat = prompt, compat
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list[str]]:
         out: dict[str, list[str]] = {"chunk_id": [], "records": [], "side": []}
         for chunk_id, payload in zip(batch["chunk_id"], batch["payload"]):
-            sampling = self.cfg.sampling.model_copy(
-                update={"seed": chunk_seed(self.cfg.sampling.seed, str(chunk_id))}
-            )
-            paths, rejects = sample_problems(
-                self.engine, json.loads(payload), sampling, self.cfg.engine.label,
-                self.prompt, self.grading_mode,
-            )
+            paths, rejects = sample_problems(self.engine, json.loads(payload), self.cfg.sampling,
+                                             self.cfg.engine.label, self.prompt, self.compat)
+            errors = [p.error for p in paths if p.sample_index == 0]  # one per request
             out["chunk_id"].append(str(chunk_id))
             out["records"].append(json.dumps([p.to_dict() for p in paths]))
-            out["side"].append(json.dumps({"rejects": rejects}))
+            out["side"].append(json.dumps({"rejects": rejects, **failure_side(self.cfg.engine.label, errors)}))
         return out
 
 
 def sample_chunks(cfg: LemaConfig, stage: StageDir, rows: list[dict[str, Any]], gen: GeneratorConfig,
-                  pool: PoolConfig, prefix: str, desc: str) -> None:
-    """Sample and grade `rows` (Problem dicts) with one generator; parts `<prefix><chunk>`."""
-    ctor = {"generator": gen.model_dump(mode="json"), "prompt": cfg.sample.prompt,
-            "grading_mode": cfg.grading_mode, "threads": max(1, int(pool.num_cpus))}
-    for _ in run_chunks(stage, make_chunks(rows, pool.batch_size, prefix=prefix), SampleStage, ctor,
-                        pool, desc=desc):
-        pass
+                  pool: PoolConfig, prefix: str, desc: str, compat: bool = False) -> None:
+    """Sample and grade `rows` (Problem dicts) with one generator; parts `<prefix>...`.
+
+    Raises:
+        StageFailed: the generator failed past `pool.max_failure_rate`.
+    """
+    with stage_budget(gen.engine) as budget:
+        ctor = {"generator": gen.model_dump(mode="json"), "prompt": cfg.sample.prompt, "compat": compat,
+                "threads": max(1, int(pool.num_cpus)), "budget": budget}
+        for _ in run_chunks(stage, rows, "id", SampleStage, ctor, pool, desc=desc, prefix=prefix):
+            pass
 
 
-def sample_stage_hash(cfg: LemaConfig, problems_hash: str) -> str:
-    return config_hash({"sample": cfg.sample.model_dump(mode="json"), "grading": cfg.grading_mode,
-                        "problems": problems_hash})
-
-
-def run_sample(cfg: LemaConfig, problems: list[Problem], stage: StageDir, stage_hash: str) -> dict[str, Any]:
+def run_sample(ctx: RunContext, stage: StageDir, stage_hash: str) -> dict[str, Any]:
     """Sample every generator over the problems; write Path parts and the manifest."""
-    timer = Timer()
-    rows = [p.to_dict() for p in problems]
+    cfg, timer = ctx.cfg, Timer()
+    rows = ctx.rows("problems")
     pool = cfg.sample.pool
     for gi, gen in enumerate(cfg.sample.generators):
         sample_chunks(cfg, stage, rows, gen, pool, prefix=f"g{gi}-", desc=f"sample {gen.engine.label}")
@@ -75,7 +71,7 @@ def run_sample(cfg: LemaConfig, problems: list[Problem], stage: StageDir, stage_
         reasons[r["reason"]] = reasons.get(r["reason"], 0) + 1
     return stage.write_manifest(
         stage_hash,
-        problems=len(problems),
+        problems=len(rows),
         generators=[g.engine.label for g in cfg.sample.generators],
         **figures,
         rejected=len(rejects),
@@ -83,11 +79,3 @@ def run_sample(cfg: LemaConfig, problems: list[Problem], stage: StageDir, stage_
         wall_s=timer.seconds,
         tokens_per_s=round(figures["tokens"] / max(timer.seconds, 1e-9), 2),
     )
-
-
-if __name__ == "__main__":  # this stage and the ones before it (skipped when already complete)
-    import sys
-
-    from pipelines.lema import main
-
-    sys.exit(main([*sys.argv[1:], "--until", "sample"]))

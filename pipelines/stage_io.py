@@ -1,92 +1,86 @@
-"""Where a stage keeps its records: `<output_dir>/<run>/<stage>/`, on any pyarrow filesystem.
+"""Where a stage keeps its records, `<output_dir>/<run>/<stage>/` on any filesystem, and what a
+stage reads from the run (`RunContext`).
 
-A stage writes its output in parts, one Parquet file per input chunk, each written whole
-(temporary name, then rename), and a `manifest.json` last. A killed stage re-run skips the
-parts it has; a stage whose manifest carries the same config hash is skipped outright.
+A stage writes its output in parts, one Parquet file per chunk of input items, each written
+whole (temporary name, then rename), then a `manifest.json`. When it begins it records its
+config hash in `started.json`: a re-run under the same hash resumes from the finished parts; a
+re-run under another hash starts the stage over, so no part of an old config survives.
 """
 
 from __future__ import annotations
 
-import json
+import io
+import os
 import time
-import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from lema.config import LemaConfig
+from lema.storage import Storage
+
 MANIFEST = "manifest.json"
+STARTED = "started.json"
 
 
 class StageDir:
-    """One stage's directory: parts, manifest, and side files (plots, adapters, JSON)."""
+    """One stage's directory: parts, manifest, the started marker and side files."""
 
-    def __init__(self, output_dir: str, run: str, stage: str):
-        self.fs, root = pafs.FileSystem.from_uri(output_dir) if "://" in output_dir else (
-            pafs.LocalFileSystem(), _abs(output_dir)
-        )
-        self.uri_root = output_dir
-        self.path = f"{root.rstrip('/')}/{run}/{stage}"
+    def __init__(self, run_dir: Storage | str | os.PathLike, stage: str):
+        run_dir = run_dir if isinstance(run_dir, Storage) else Storage(run_dir)
+        self.dir = run_dir.join(stage)
         self.stage = stage
-        self.fs.create_dir(self.path, recursive=True)
+
+    @property
+    def uri(self) -> str:
+        return self.dir.uri
+
+    def file(self, name: str) -> Storage:
+        return self.dir.join(name)
 
     # ------------------------------------------------------------ parts
-    def part_path(self, part: str) -> str:
-        return f"{self.path}/part-{part}.parquet"
-
-    def has_part(self, part: str) -> bool:
-        return self.fs.get_file_info(self.part_path(part)).type == pafs.FileType.File
+    def part(self, part: str) -> Storage:
+        return self.dir.join(f"part-{part}.parquet")
 
     def done_parts(self) -> set[str]:
-        infos = self.fs.get_file_info(pafs.FileSelector(self.path))
-        return {
-            i.base_name[len("part-") : -len(".parquet")]
-            for i in infos
-            if i.base_name.startswith("part-") and i.base_name.endswith(".parquet")
-        }
+        return {n[len("part-"): -len(".parquet")] for n in self.dir.list()
+                if n.startswith("part-") and n.endswith(".parquet")}
 
     def write_part(self, part: str, rows: list[dict[str, Any]]) -> None:
         """Write one part whole: readers never see half of it."""
         table = pa.Table.from_pylist(rows) if rows else pa.table({"_empty": pa.array([], pa.int8())})
-        tmp = f"{self.path}/.tmp-{uuid.uuid4().hex}.parquet"
-        with self.fs.open_output_stream(tmp) as f:
-            pq.write_table(table, f)
-        self.fs.move(tmp, self.part_path(part))
+        buf = io.BytesIO()
+        pq.write_table(table, buf)
+        self.part(part).write_bytes(buf.getvalue())
 
     def read_rows(self) -> list[dict[str, Any]]:
         """All rows of all parts, in part-name order."""
         rows: list[dict[str, Any]] = []
         for part in sorted(self.done_parts()):
-            with self.fs.open_input_file(self.part_path(part)) as f:
-                table = pq.read_table(f)
+            table = pq.read_table(pa.BufferReader(self.part(part).read_bytes()))
             if "_empty" not in table.column_names:
                 rows.extend(table.to_pylist())
         return rows
 
-    # ------------------------------------------------------------ side files
-    def file_path(self, name: str) -> str:
-        return f"{self.path}/{name}"
-
-    def write_json(self, name: str, data: Any) -> None:
-        tmp = f"{self.path}/.tmp-{uuid.uuid4().hex}"
-        with self.fs.open_output_stream(tmp) as f:
-            f.write(json.dumps(data, indent=2, sort_keys=True, default=str).encode())
-        self.fs.move(tmp, self.file_path(name))
-
-    def read_json(self, name: str) -> Any | None:
-        if self.fs.get_file_info(self.file_path(name)).type != pafs.FileType.File:
-            return None
-        with self.fs.open_input_stream(self.file_path(name)) as f:
-            return json.loads(f.read().decode())
-
-    # ------------------------------------------------------------ manifest
+    # ------------------------------------------------------------ markers
     def manifest(self) -> dict[str, Any] | None:
-        return self.read_json(MANIFEST)
+        return self.file(MANIFEST).read_json()
 
     def is_complete(self, config_hash: str) -> bool:
         m = self.manifest()
         return bool(m) and m.get("config_hash") == config_hash and m.get("complete", False)
+
+    def started_hash(self) -> str | None:
+        """The config hash this stage last began under (None: never began, or an old run)."""
+        started = self.file(STARTED).read_json()
+        return started.get("config_hash") if started else None
+
+    def mark_started(self, config_hash: str) -> None:
+        self.file(STARTED).write_json({"config_hash": config_hash,
+                                       "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
 
     def write_manifest(self, config_hash: str, **figures: Any) -> dict[str, Any]:
         manifest = {
@@ -96,15 +90,46 @@ class StageDir:
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             **figures,
         }
-        self.write_json(MANIFEST, manifest)
+        self.file(MANIFEST).write_json(manifest)
         return manifest
 
     def clear(self) -> None:
-        """Remove everything (used when the config changed or `--from` redoes this stage)."""
-        self.fs.delete_dir_contents(self.path, missing_dir_ok=True)
+        """Remove everything (the config changed, or `--from` redoes this stage)."""
+        self.dir.delete_contents()
 
 
-def _abs(path: str) -> str:
-    import os
+@dataclass
+class RunContext:
+    """One run of the loop as its stages see it: the config, the run's directory, the stages'
+    config hashes, and the records of finished stages (read once, on first use)."""
 
-    return os.path.abspath(path)
+    cfg: LemaConfig
+    run_dir: Storage
+    hashes: dict[str, str] = field(default_factory=dict)
+    _cache: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_rows(cls, cfg: LemaConfig, run_dir: Storage | str | os.PathLike,
+                  **rows: list[dict[str, Any]]) -> RunContext:
+        """A context whose named stages' records are the given rows (a stage run on its own,
+        as in tests and benchmarks)."""
+        ctx = cls(cfg, run_dir if isinstance(run_dir, Storage) else Storage(run_dir))
+        ctx._cache.update({f"rows:{k}": v for k, v in rows.items()})
+        return ctx
+
+    def dir(self, stage: str) -> StageDir:
+        return StageDir(self.run_dir, stage)
+
+    def rows(self, stage: str) -> list[dict[str, Any]]:
+        """The records of a finished stage."""
+        return self.cached(f"rows:{stage}", self.dir(stage).read_rows)
+
+    def cached(self, key: str, make: Callable[[], Any]) -> Any:
+        if key not in self._cache:
+            self._cache[key] = make()
+        return self._cache[key]
+
+    @property
+    def base_model(self) -> str:
+        """The model the train stage tunes and the evaluate stage scores."""
+        return self.cfg.train.base_model or self.cfg.sample.generators[0].engine.model

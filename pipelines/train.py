@@ -7,6 +7,10 @@ the final artifacts (adapter + tokenizer, optional merged model) into the last c
 Reports happen only with checkpoints: in Train V2 each `report()` blocks for about one
 controller health-check interval (RAY-NOTES).
 
+Checkpoints go to the stage's storage (any `lema.storage` URI: a shared mount, s3://); the
+adapter is recorded by its URI there, which every node can read (engines download it once).
+Several workers train data-parallel (DDP): see `lema.sft.train_step` for the loss scaling.
+
     python -m pipelines.train configs/demo.yaml --data runs/demo/data/train.jsonl \\
         --eval-data runs/demo/data/held_out.jsonl train.max_steps=20
 """
@@ -27,25 +31,29 @@ from typing import Any
 
 from lema.config import TrainConfig, load_config
 from lema.records import Example
+from lema.storage import Storage
+from lema.training_data import read_examples
+from pipelines.stage_io import RunContext, StageDir
 
 ExamplesOrPath = Sequence[Example] | Sequence[dict] | str | os.PathLike
 Messages = list[dict[str, str]]
 HISTORY_FILE = "history.json"
+RUN_NAME = "ray_train"  # the Ray Train run inside the train stage's directory
 
 
 @dataclass
 class TrainResult:
     """What a finished fine-tune left behind, and its figures."""
 
-    adapter_dir: str  # adapter_config.json + weights + tokenizer (PeftModel.from_pretrained)
-    merged_dir: str | None  # base weights with the adapter merged in (cfg.merge)
+    adapter_dir: str  # URI: adapter_config.json + weights + tokenizer (PeftModel.from_pretrained)
+    merged_dir: str | None  # URI: base weights with the adapter merged in (cfg.merge)
     history: list[dict[str, Any]]  # per step: step, train_loss, lr, tokens, ..., eval_loss
     steps: int
     train_tokens: int  # input tokens (prompt + completion, no padding) seen by the optimizer
     wall_s: float  # the whole fit(), start-up included
     final_train_loss: float | None
     final_eval_loss: float | None
-    checkpoint_dir: str = ""  # the last checkpoint (holds the adapter dir)
+    checkpoint_dir: str = ""  # URI of the last checkpoint (holds the adapter dir)
     history_file: str = ""
     restarts: int = 0  # worker-group restarts recovered from checkpoints
 
@@ -57,23 +65,10 @@ class TrainResult:
 
 
 # ---------------------------------------------------------------- data
-def _rows_from_file(path: str) -> list[dict[str, Any]]:
-    if path.endswith((".jsonl", ".json")):
-        with open(path) as f:
-            return [json.loads(line) for line in f if line.strip()]
-    if path.endswith(".parquet") or Path(path).is_dir():
-        import pyarrow.parquet as pq
-
-        return pq.read_table(path).to_pylist()
-    raise ValueError(f"training data {path!r}: expected a .jsonl/.parquet file or a Parquet dir")
-
-
 def load_chats(data: ExamplesOrPath) -> tuple[list[Messages], list[Messages]]:
-    """Examples, example dicts or a JSONL/Parquet file -> (train chats, eval chats) by `split`."""
-    if isinstance(data, (str, os.PathLike)):
-        rows: Sequence[Any] = _rows_from_file(os.fspath(data))
-    else:
-        rows = data
+    """Examples, example dicts or a JSONL/Parquet file (any storage URI) -> (train chats, eval
+    chats) by `split`."""
+    rows: Sequence[Any] = read_examples(os.fspath(data)) if isinstance(data, (str, os.PathLike)) else data
     train, held_out = [], []
     for i, row in enumerate(rows):
         ex = row if isinstance(row, Example) else Example.from_dict({"id": str(i), "kind": "cot",
@@ -117,6 +112,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     import torch
 
     from lema import sft
+    from lema.engines import resolve_prompt_format
     from lema.models import load_model_and_tokenizer
 
     cfg = TrainConfig.model_validate(config["train"])
@@ -130,9 +126,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     # ---- model and data
     dtype = "bfloat16" if device.type == "cuda" else "float32"
     base, tokenizer = load_model_and_tokenizer(cfg.base_model, dtype=dtype, device="cpu")
+    prompt_format = resolve_prompt_format(cfg.prompt_format, tokenizer, cfg.base_model)
     train_chats, eval_chats = ray.get(config["data"])
-    train_features, dropped = sft.tokenize_chats(train_chats, tokenizer, cfg.max_seq_len)
-    eval_features, _ = sft.tokenize_chats(eval_chats, tokenizer, cfg.max_seq_len)
+    train_features, dropped = sft.tokenize_chats(train_chats, tokenizer, cfg.max_seq_len, prompt_format)
+    eval_features, _ = sft.tokenize_chats(eval_chats, tokenizer, cfg.max_seq_len, prompt_format)
+    if cfg.gradient_checkpointing:
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        base.enable_input_require_grads()  # the frozen embeddings must pass gradients to LoRA
     model = sft.build_lora_model(base, cfg.lora)
     wrapped = ray.train.torch.prepare_model(model)  # to device; DDP when world > 1
     plan = sft.plan_training(len(train_features), cfg.batch_size, cfg.grad_accum, cfg.epochs,
@@ -191,24 +191,20 @@ def _summary(history: list[dict[str, Any]], extra: dict[str, Any], dropped: int,
 
 
 # ---------------------------------------------------------------- driver
-def _storage_path(storage_dir: str) -> str:
-    return storage_dir if "://" in storage_dir else str(Path(storage_dir).resolve())
-
-
 def build_trainer(
     examples_or_path: ExamplesOrPath,
     cfg: TrainConfig,
-    storage_dir: str,
+    storage: Storage | str,
     name: str,
     eval_path: ExamplesOrPath | None = None,
 ):
     """A `TorchTrainer` for this fine-tune (Ray must be initialised).
 
     Args:
-        examples_or_path: Examples (or their dicts) or a JSONL/Parquet file; rows with
-            split == "eval" are held out for the eval loss.
+        examples_or_path: Examples (or their dicts) or a JSONL/Parquet file (any storage URI);
+            rows with split == "eval" are held out for the eval loss.
         cfg: the train config; `base_model` must be set.
-        storage_dir: local dir or URI for checkpoints; the run lives in <storage_dir>/<name>.
+        storage: where checkpoints go (any storage URI); the run lives in <storage>/<name>.
         name: run name (re-using it resumes that run from its last checkpoint).
         eval_path: more held-out examples (all used for the eval loss).
     """
@@ -218,6 +214,7 @@ def build_trainer(
 
     if not cfg.base_model:
         raise ValueError("train.base_model is not set (the pipeline fills in the generator model)")
+    storage = storage if isinstance(storage, Storage) else Storage(storage)
     train, held_out = load_chats(examples_or_path)
     if eval_path is not None:
         extra_train, extra_eval = load_chats(eval_path)
@@ -229,9 +226,11 @@ def build_trainer(
         use_gpu=cfg.use_gpu,
         resources_per_worker={"CPU": cfg.cpus_per_worker},  # use_gpu adds GPU: 1
     )
+    storage.mkdir()
     run = RunConfig(
         name=name,
-        storage_path=_storage_path(storage_dir),
+        storage_path=storage.path,  # with its filesystem: s3:// and friends reach every worker
+        storage_filesystem=storage.fs,
         failure_config=FailureConfig(max_failures=cfg.max_failures),
         checkpoint_config=CheckpointConfig(num_to_keep=2),
     )
@@ -240,59 +239,63 @@ def build_trainer(
                         scaling_config=scaling, run_config=run)
 
 
-def _local_checkpoint(checkpoint) -> Path:
-    """The checkpoint as a local dir: itself on local storage, else a downloaded copy."""
-    import pyarrow.fs
-
-    if isinstance(checkpoint.filesystem, pyarrow.fs.LocalFileSystem):
-        return Path(checkpoint.path)
-    return Path(checkpoint.to_directory())
-
-
 def run_training(
     examples_or_path: ExamplesOrPath,
     cfg: TrainConfig,
-    storage_dir: str,
+    storage: Storage | str,
     name: str,
     eval_path: ExamplesOrPath | None = None,
 ) -> TrainResult:
-    """Fine-tune, and return where the adapter went plus the loss history (see build_trainer)."""
+    """Fine-tune, and return where the adapter went (URIs) plus the loss history (see
+    build_trainer)."""
+    storage = storage if isinstance(storage, Storage) else Storage(storage)
     t0 = time.perf_counter()
-    result = build_trainer(examples_or_path, cfg, storage_dir, name, eval_path).fit()
+    result = build_trainer(examples_or_path, cfg, storage, name, eval_path).fit()
     wall = time.perf_counter() - t0
     if result.error is not None:
         raise RuntimeError(f"training run {name!r} failed") from result.error
     if result.checkpoint is None:
         raise RuntimeError(f"training run {name!r} finished without a checkpoint")
-    ckpt = _local_checkpoint(result.checkpoint)
-    history = json.loads((ckpt / HISTORY_FILE).read_text())
-    history_file = ckpt.parent / HISTORY_FILE  # <storage>/<name>/history.json when local
+    # the checkpoint's path is on storage's filesystem: keep storage's URI (scheme, query)
+    assert result.checkpoint.path.startswith(storage.path), (result.checkpoint.path, storage.path)
+    ckpt = storage.join(result.checkpoint.path[len(storage.path):])
+    history = ckpt.join(HISTORY_FILE).read_json()
+    history_file = storage.join(name, HISTORY_FILE)
     history_file.write_text(json.dumps(history, indent=1))
     evals = [h["eval_loss"] for h in history if h.get("eval_loss") is not None]
-    merged = ckpt / "merged"
+    merged = ckpt.join("merged")
     return TrainResult(
-        adapter_dir=str(ckpt / "adapter"),
-        merged_dir=str(merged) if merged.is_dir() else None,
+        adapter_dir=ckpt.join("adapter").uri,
+        merged_dir=merged.uri if merged.is_dir() else None,
         history=history,
         steps=history[-1]["step"] if history else 0,
         train_tokens=sum(h["tokens"] for h in history),
-        wall_s=wall,
+        wall_s=round(wall, 3),
         final_train_loss=history[-1]["train_loss"] if history else None,
         final_eval_loss=evals[-1] if evals else None,
-        checkpoint_dir=str(ckpt),
-        history_file=str(history_file),
+        checkpoint_dir=ckpt.uri,
+        history_file=history_file.uri,
         restarts=max((h.get("restarts", 0) for h in history), default=0),
     )
+
+
+def run_train(ctx: RunContext, stage: StageDir, stage_hash: str) -> dict[str, Any]:
+    """The train stage of the loop: tune the base model on the data stage's files."""
+    data = ctx.dir("data")
+    cfg = ctx.cfg.train.model_copy(update={"base_model": ctx.base_model})
+    result = run_training(data.file("train.jsonl").uri, cfg, stage.dir, RUN_NAME,
+                          eval_path=data.file("held_out.jsonl").uri)
+    return stage.write_manifest(stage_hash, **result.to_manifest(), history=result.history)
 
 
 # ---------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> TrainResult:
     """Parse `CONFIG --data PATH [key=val ...]` and run the fine-tune alone."""
-    from pipelines.lema import init_ray
+    from pipelines.ray_setup import init_ray
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("args", nargs="*", help="[CONFIG.yaml] key.sub=value ...")
-    parser.add_argument("--data", required=True, help="training examples (.jsonl/.parquet)")
+    parser.add_argument("--data", required=True, help="training examples (.jsonl/.parquet, any storage URI)")
     parser.add_argument("--eval-data", default=None, help="held-out examples for the eval loss")
     parser.add_argument("--name", default="lora", help="run name under <output_dir>/<run>/train")
     args = parser.parse_intermixed_args(argv)  # overrides may follow the options
@@ -302,7 +305,7 @@ def main(argv: list[str] | None = None) -> TrainResult:
         update={"base_model": cfg.train.base_model or cfg.sample.generators[0].engine.model})
     print(json.dumps(train_cfg.model_dump(mode="json"), indent=1))
     init_ray(cfg)
-    storage = os.path.join(cfg.output_dir, cfg.run, "train")
+    storage = Storage(cfg.output_dir).join(cfg.run, "train")
     result = run_training(args.data, train_cfg, storage, args.name, args.eval_data)
     print(json.dumps(result.to_manifest(), indent=1))
     return result

@@ -1,14 +1,22 @@
-"""Shared fixtures: one small local Ray cluster per test session, the tiny model."""
+"""Shared fixtures: one small local Ray cluster per test session, the tiny models, a local
+S3-compatible server."""
 
 from __future__ import annotations
 
+import json
+import logging
 import os
+import shutil
 
 import pytest
 
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")  # see RAY-NOTES: report() blocks
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Credentials for the test S3 server, set before Ray starts so its workers inherit them.
+for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                   "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}.items():
+    os.environ.setdefault(key, value)
 
 
 @pytest.fixture(scope="session")
@@ -35,3 +43,33 @@ def tiny_model() -> str:
     from lema.models import TINY_MODEL, resolve_model
 
     return resolve_model(TINY_MODEL)
+
+
+@pytest.fixture(scope="session")
+def tiny_plain_model(tiny_model, tmp_path_factory) -> str:
+    """The tiny model with its chat template removed, as a base model ships (no template)."""
+    out = tmp_path_factory.mktemp("models") / "tiny-plain"
+    shutil.copytree(tiny_model, out)
+    (out / "chat_template.jinja").unlink(missing_ok=True)
+    config = json.loads((out / "tokenizer_config.json").read_text())
+    config.pop("chat_template", None)
+    (out / "tokenizer_config.json").write_text(json.dumps(config))
+    return str(out)
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A local S3-compatible server (moto's server mode); yields a function bucket -> a
+    `s3://bucket?endpoint_override=...` URI root that lema.storage and Ray Train accept."""
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+
+    def uri(bucket: str) -> str:
+        return f"s3://{bucket}?endpoint_override={host}:{port}&scheme=http&allow_bucket_creation=true"
+
+    yield uri
+    server.stop()

@@ -71,3 +71,30 @@ def test_hash_changes_with_config():
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
 def test_every_shipped_config_validates(path):
     load_config(path)
+
+
+def test_stage_hash_covers_results_not_scaling():
+    base = load_config(None, ["sample.generators.0.engine.backend=openai"])
+    rescaled = load_config(None, [
+        "sample.generators.0.engine.backend=openai", "sample.pool.max_actors=8", "sample.pool.batch_size=3",
+        "sample.generators.0.engine.openai.max_concurrency=64", "sample.generators.0.engine.batch_size=2",
+        "sample.generators.0.engine.openai.requests_per_minute=100", "sample.pool.max_failure_rate=0.5"])
+    changed = load_config(None, ["sample.generators.0.engine.backend=openai",
+                                 "sample.generators.0.sampling.temperature=0.3"])
+    assert config_hash(base.sample) == config_hash(rescaled.sample) != config_hash(changed.sample)
+    assert config_hash({"s": base.sample}) == config_hash({"s": rescaled.sample})
+    assert config_hash(base.train) != config_hash(base.train.model_copy(update={"num_workers": 2}))
+    assert config_hash(base.train) == config_hash(base.train.model_copy(update={"checkpoint_every": 7}))
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["sample.generators.0.engine.backend=vllm", "sample.generators.0.engine.vllm.tensor_parallel_size=2",
+      "sample.pool.num_gpus=1"], "tensor_parallel_size is 2 but sample.pool.num_gpus is 1"),
+    (["evaluate.engine.backend=vllm", "evaluate.pool.num_gpus=1", "evaluate.pool.calls_per_actor=2"],
+     "calls_per_actor must be 1"),
+    (["correct.pool.min_actors=3", "correct.pool.max_actors=2"], "min_actors \\(3\\) > max_actors \\(2\\)"),
+])
+def test_pool_settings_checked_against_the_engine(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, overrides)
+    load_config(None, ["sample.generators.0.engine.backend=vllm", "sample.pool.num_gpus=1"])

@@ -11,7 +11,7 @@ from lema.config import load_config
 from lema.reference_corrector import reference_correction
 from lema.synthetic import generate_problems
 from pipelines.correct import run_correct
-from pipelines.stage_io import StageDir
+from pipelines.stage_io import RunContext, StageDir
 from tests.fakes import FakeBehaviour, FakeOpenAIServer
 
 KINDS = ["verified", "unverified", "unparseable", "failed", "json"]
@@ -53,6 +53,12 @@ def _scripted_reply(paths: list[dict], problems: dict[str, dict]):
     return script
 
 
+def _correct(cfg, paths: list[dict], problems: dict[str, dict], run_dir) -> dict:
+    """Run the correct stage alone on these paths; returns its manifest."""
+    ctx = RunContext.from_rows(cfg, run_dir, problems=list(problems.values()), sample=paths)
+    return run_correct(ctx, StageDir(run_dir, "correct"), "h")
+
+
 def _question_of(messages) -> str:
     return messages[-1]["content"]
 
@@ -78,8 +84,8 @@ def test_api_corrector_accounts_for_every_path(ray_cluster, tmp_path):
             "correct.engine.openai.timeout_s=2", "correct.engine.openai.price_per_1m_input=1000",
             "correct.pool.batch_size=8",
         ])
-        stage = StageDir(str(tmp_path), "t", "correct")
-        manifest = run_correct(cfg, paths, problems, stage, "h")
+        stage = StageDir(tmp_path, "correct")
+        manifest = _correct(cfg, paths, problems, tmp_path)
         # the first 3 calls answer 429 (unless one is a request scripted to 500): retried through
         assert srv.statuses[429] >= 1 and srv.statuses[429] + srv.statuses[500] >= 3
 
@@ -108,7 +114,7 @@ def test_api_corrector_times_out_then_succeeds(ray_cluster, tmp_path):
             f"correct.engine.openai.base_url={srv.base_url}", "correct.engine.openai.timeout_s=0.5",
             "correct.engine.openai.backoff_s=0.01",
         ])
-        manifest = run_correct(cfg, paths, problems, StageDir(str(tmp_path), "t", "correct"), "h")
+        manifest = _correct(cfg, paths, problems, tmp_path)
         assert "response_format" in srv.requests[-1]  # the JSON variant asks for structured output
     assert manifest["status"] == {"verified": 1, "unverified": 1}
 
@@ -118,7 +124,7 @@ def test_local_model_corrector(ray_cluster, tiny_model, tmp_path):
     paths, problems = _wrong_paths(4)
     cfg = load_config(None, ["correct.engine.model=tiny", "correct.k=2", "correct.sampling.temperature=1.0",
                              "correct.sampling.max_tokens=16", "correct.pool.batch_size=2"])
-    manifest = run_correct(cfg, paths, problems, StageDir(str(tmp_path), "t", "correct"), "h")
+    manifest = _correct(cfg, paths, problems, tmp_path)
     assert manifest["attempted"] == 4 == sum(manifest["status"].values())
     assert manifest["status"].get("unparseable", 0) + manifest["status"].get("unverified", 0) == 4
 
@@ -128,9 +134,9 @@ def test_reference_corrector_and_cap(ray_cluster, tmp_path, max_paths):
     paths, problems = _wrong_paths(5)
     paths.append({**paths[0], "path_id": "no-steps", "text": "The answer is 7."})
     cfg = load_config(None, ["correct.corrector=reference", f"correct.max_paths={max_paths}"])
-    manifest = run_correct(cfg, paths, problems, StageDir(str(tmp_path), "t", "correct"), "h")
+    manifest = _correct(cfg, paths, problems, tmp_path)
     assert manifest["attempted"] == max_paths
     if max_paths:
-        rows = StageDir(str(tmp_path), "t", "correct").read_rows()
+        rows = StageDir(tmp_path, "correct").read_rows()
         failed = [r for r in rows if r["path_id"] == "no-steps"]
         assert all(r["status"] == "failed" and "no steps" in r["reason"] for r in failed)

@@ -29,6 +29,26 @@ def tiny_engine(tiny_model):
     engine.close()
 
 
+def test_model_without_chat_template_gets_plain_prompts(tiny_plain_model):
+    from lema.prompts import render_plain
+
+    engine = build_engine(EngineConfig(model=tiny_plain_model, batch_size=2, threads=2))
+    assert engine.prompt_format == "plain"
+    outs = engine.generate(PROMPTS[:3], SamplingConfig(n=2, temperature=1.0, max_tokens=6, seed=0))
+    assert all(o.error is None and len(o.completions) == 2 for o in outs)
+    assert outs[0].prompt_tokens == len(engine.tok(render_plain(PROMPTS[0]))["input_ids"])
+    engine.close()
+    with pytest.raises(EngineError, match="no chat template; set prompt_format: plain"):
+        build_engine(EngineConfig(model=tiny_plain_model, prompt_format="chat"))
+
+
+def test_per_request_seeds_follow_the_request_not_the_batch(tiny_engine):
+    sampling = SamplingConfig(n=1, temperature=1.0, max_tokens=6)
+    together = tiny_engine.generate(PROMPTS[:2], sampling, seeds=[1, 2])
+    assert together == tiny_engine.generate(PROMPTS[:2], sampling, seeds=[1, 2])
+    assert together != tiny_engine.generate(PROMPTS[:2], sampling, seeds=[3, 4])
+
+
 def test_build_engine_rejects_unknown_backend():
     cfg = EngineConfig.model_construct(backend="tpu")
     with pytest.raises(ValueError, match="'tpu'.*transformers, vllm or openai"):
@@ -261,8 +281,30 @@ def test_openai_from_inside_an_event_loop(fake):
 
     sync, (b, c) = asyncio.run(main())
     engine.close()
-    assert [sync[0], b[0], c[0]] and c[0].completions[0].text == "echo: c"
-    assert sync[0].completions[0].text == "echo: a" and b[0].completions[0].text == "echo: b"
+    assert [o.completions[0].text for o in (sync[0], b[0], c[0])] == ["echo: a", "echo: b", "echo: c"]
+
+
+def test_openai_plain_prompts_go_to_completions(fake):
+    engine = build_engine(EngineConfig(backend="openai", model="base", prompt_format="plain",
+                                       openai=OpenAIOptions(base_url=fake.base_url, max_retries=0)))
+    messages = [{"role": "user", "content": "Question: What is 1 + 1?\nAnswer: Let's think step by step."}]
+    outs = engine.generate([messages], SamplingConfig(max_tokens=20), seeds=[5])
+    engine.close()
+    body = fake.requests[-1]
+    assert body["prompt"] == "Question: What is 1 + 1?\nAnswer: Let's think step by step.\n"
+    assert "messages" not in body
+    assert body["seed"] == 5 and "\nQuestion:" in body["stop"]
+    assert outs[0].completions[0].text.startswith("echo:")
+
+
+def test_openai_per_request_seeds_key_the_cache(fake, tmp_path):
+    engine = api_engine(fake, cache_dir=str(tmp_path))
+    engine.generate([chat("a"), chat("b")], SamplingConfig(), seeds=[1, 2])
+    assert [r["seed"] for r in fake.requests] == [1, 2]
+    engine.generate([chat("b")], SamplingConfig(), seeds=[2])  # another batch, same request: a hit
+    engine.generate([chat("b")], SamplingConfig(), seeds=[3])
+    engine.close()
+    assert fake.calls == 3
 
 
 def test_openai_needs_a_key_without_base_url(monkeypatch):

@@ -1,4 +1,6 @@
-"""The whole loop end to end on tiny settings: records, manifests, report, resume, ray job submit."""
+"""The whole loop end to end on tiny settings: records, manifests, report, resume under the same
+and a changed config, a dead engine, output on a local S3-compatible server with two training
+workers and a model without a chat template."""
 
 from __future__ import annotations
 
@@ -14,7 +16,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from lema.config import load_config
-from pipelines.lema import STAGES, main, main_pipeline
+from lema.storage import Storage
+from pipelines.lema import STAGE_NAMES, main, main_pipeline
 
 ROOT = Path(__file__).parent.parent
 SMOKE = ROOT / "configs" / "smoke.yaml"
@@ -37,14 +40,14 @@ def _key(stage: str):
 @pytest.fixture(scope="module")
 def clean_run(ray_cluster, tmp_path_factory):
     out = tmp_path_factory.mktemp("clean")
-    cfg = load_config(SMOKE, [f"output_dir={out}", *TINY])
+    cfg = load_config(SMOKE, [f"output_dir=file://{out}", *TINY])  # a URI: the storage layer's path
     report = main_pipeline(cfg)
     return out / "smoke", report
 
 
 def test_end_to_end(clean_run):
     run_dir, report = clean_run
-    for stage in STAGES:
+    for stage in STAGE_NAMES:
         m = json.loads((run_dir / stage / "manifest.json").read_text())
         assert m["complete"], stage
     sample = json.loads((run_dir / "sample" / "manifest.json").read_text())
@@ -55,21 +58,24 @@ def test_end_to_end(clean_run):
     assert corr["verified"] > 0  # the reference corrector's fixes verify against gold
     assert (run_dir / "data" / "train.jsonl").is_file()
     train = json.loads((run_dir / "train" / "manifest.json").read_text())
-    assert train["steps"] == 2 and Path(train["adapter_dir"], "adapter_config.json").is_file()
+    assert train["adapter_dir"].startswith("file://")  # as output_dir names it: every node reads it
+    assert train["steps"] == 2 and Storage(train["adapter_dir"]).join("adapter_config.json").is_file()
     ev = json.loads((run_dir / "evaluate" / "manifest.json").read_text())
     assert {r["variant"] for r in ev["results"]} == {"base", "adapter"}
-    text = Path(report).read_text()
+    assert all(0 <= r["pass_at_1_lema_compat"] <= 1 for r in ev["results"])
+    text = Storage(report).read_text()
     assert "Base vs adapter" in text and (run_dir / "counts.png").is_file()
 
 
 def test_rerun_skips_complete_stages(clean_run, capsys):
     run_dir, _ = clean_run
-    before = {s: (run_dir / s / "manifest.json").read_text() for s in STAGES}
-    cfg = load_config(SMOKE, [f"output_dir={run_dir.parent}", *TINY])
+    before = {s: (run_dir / s / "manifest.json").read_text() for s in STAGE_NAMES}
+    cfg = load_config(SMOKE, [f"output_dir={run_dir.parent}", *TINY, "sample.pool.max_actors=2",
+                              "evaluate.pool.batch_size=1"])  # re-scaled: the same results
     main_pipeline(cfg)
     out = capsys.readouterr().out
-    assert out.count("complete for this config, skipped") == len(STAGES)
-    assert before == {s: (run_dir / s / "manifest.json").read_text() for s in STAGES}
+    assert out.count("complete for this config, skipped") == len(STAGE_NAMES)
+    assert before == {s: (run_dir / s / "manifest.json").read_text() for s in STAGE_NAMES}
 
 
 def test_config_errors_before_any_work(tmp_path, capsys):
@@ -111,3 +117,54 @@ def test_killed_run_resumes_to_the_same_records(clean_run, tmp_path, where):
         assert a == b, stage
     for f in ("train.jsonl", "held_out.jsonl"):
         assert (clean_dir / "data" / f).read_text() == (tmp_path / "smoke" / "data" / f).read_text()
+
+
+def _paths(run_dir: Path) -> list[dict]:
+    return sorted(_records(run_dir, "sample"), key=lambda r: r["path_id"])
+
+
+def test_stage_begun_under_another_config_starts_over(clean_run, tmp_path):
+    """A sample stage killed mid-way (parts, no manifest) is not resumed under a changed
+    sampling config: every part is redone, none of the old config survives."""
+    out = tmp_path / "runs"
+    args = [str(SMOKE), f"output_dir={out}", *TINY, "--until", "sample"]
+    assert main(args) == 0
+    (out / "smoke" / "sample" / "manifest.json").unlink()  # as after a kill
+    hot = "sample.generators.0.sampling.temperature=0.5"
+    assert main([*args, hot]) == 0
+    fresh = tmp_path / "fresh"
+    assert main([str(SMOKE), f"output_dir={fresh}", *TINY, hot, "--until", "sample"]) == 0
+    assert _paths(out / "smoke") == _paths(fresh / "smoke") != _paths(clean_run[0])
+    assert not (out / "smoke" / "correct").exists()  # --until stopped the loop there
+
+
+def test_dead_generator_stops_the_run(ray_cluster, tmp_path, capsys):
+    rc = main([str(SMOKE), f"output_dir={tmp_path}", *TINY, "sample.generators.0.engine.backend=openai",
+               "sample.generators.0.engine.openai.base_url=http://127.0.0.1:9/v1",
+               "sample.generators.0.engine.openai.max_retries=0"])
+    err = capsys.readouterr().err
+    assert rc == 1
+    assert "sample stage stopped: engine 'tiny' failed" in err and "first error:" in err
+    assert "Connection" in err  # the engine's own error text
+    assert not (tmp_path / "smoke" / "sample" / "manifest.json").exists()
+    assert not (tmp_path / "smoke" / "evaluate").exists()
+
+
+def test_smoke_loop_on_s3_with_two_workers_and_a_base_model(ray_cluster, s3_server, tiny_plain_model):
+    """output_dir on a local S3-compatible server; LoRA on 2 data-parallel workers; a model
+    whose tokenizer has no chat template (plain-text prompts for sampling, training, eval)."""
+    root = Storage(s3_server("lema-runs"))
+    cfg = load_config(SMOKE, [f"output_dir={root.uri}", *TINY, "train.num_workers=2", "train.torch_threads=1",
+                              f"sample.generators.0.engine.model={tiny_plain_model}"])
+    report = main_pipeline(cfg)
+    run = root.join("smoke")
+    assert report == run.join("report.md").uri and "Base vs adapter" in run.join("report.md").read_text()
+    assert run.join("evaluation.png").is_file() and run.join("data", "train.jsonl").is_file()
+    manifests = {s: run.join(s, "manifest.json").read_json() for s in STAGE_NAMES}
+    assert all(m["complete"] for m in manifests.values())
+    adapter = Storage(manifests["train"]["adapter_dir"])
+    assert adapter.uri.startswith("s3://lema-runs/smoke/train/ray_train/checkpoint_")
+    assert adapter.join("adapter_config.json").is_file()
+    assert manifests["train"]["steps"] == 2
+    assert {r["variant"] for r in manifests["evaluate"]["results"]} == {"base", "adapter"}
+    assert manifests["sample"]["failed"] == 0 and manifests["sample"]["paths"] == 12

@@ -37,6 +37,19 @@ def test_only_the_assistant_turn_has_labels(tokenizer):
     assert f["labels"][first:] == f["input_ids"][first:]
 
 
+def test_plain_format_labels_the_target_and_eos(tiny_plain_model):
+    from transformers import AutoTokenizer
+
+    from lema.prompts import render_plain
+
+    tok = AutoTokenizer.from_pretrained(tiny_plain_model)
+    messages = _chat("Question: What is 2 plus 3?\nAnswer: Let's think step by step.", "2 + 3 = 5. The answer is 5.")
+    f = sft.tokenize_chat(messages, tok, 512, prompt_format="plain")
+    assert _labelled_text(tok, f) == "2 + 3 = 5. The answer is 5." + tok.eos_token
+    first = next(i for i, t in enumerate(f["labels"]) if t != sft.IGNORE_INDEX)
+    assert tok.decode(f["input_ids"][:first]) == render_plain(messages[:-1])  # what the engine sends
+
+
 def test_earlier_turns_and_system_prompt_are_masked(tokenizer):
     messages = [
         {"role": "system", "content": "Find the first wrong step."},

@@ -106,3 +106,26 @@ def test_resumes_after_worker_crash(ray_cluster, tiny_model, tmp_path: Path):
     assert [r["restarts"] for r in h] == [0, 0, 0, 1, 1, 1, 1, 1]
     assert result.restarts == 1
     assert (Path(result.adapter_dir) / "adapter_config.json").is_file()
+
+
+def _uneven_examples(n: int) -> list[Example]:
+    """Chats whose completions differ in length, so workers hold different label counts."""
+    return [Example(id=f"u{i}", kind="cot",
+                    messages=[{"role": "user", "content": f"What is {i % 8} plus {i // 8}?"},
+                              {"role": "assistant", "content": f"The answer is {i % 8 + i // 8}." + " Yes." * (i % 7)}])
+            for i in range(n)]
+
+
+def test_two_workers_follow_one_worker(ray_cluster, tiny_model, tmp_path: Path):
+    """DDP on 2 gloo workers with the same global batch gives the loss curve of one worker:
+    the loss is the token mean over both workers, gradients synced once per accumulated step."""
+    common = {"max_steps": 5, "grad_accum": 2, "learning_rate": 5e-2, "eval_every": 5, "checkpoint_every": 5,
+              "max_failures": 0}
+    one = run_training(_uneven_examples(32), _config(tiny_model, batch_size=4, **common), str(tmp_path), "one")
+    two = run_training(_uneven_examples(32), _config(tiny_model, batch_size=2, num_workers=2, **common),
+                       str(tmp_path), "two")
+    a = [h["train_loss"] for h in one.history]
+    b = [h["train_loss"] for h in two.history]
+    assert [h["label_tokens"] for h in one.history] == [h["label_tokens"] for h in two.history]
+    assert a[0] - a[-1] > 0.05  # it learns, so later steps depend on the earlier updates
+    assert max(abs(x - y) for x, y in zip(a, b)) < 2e-4, (a, b)

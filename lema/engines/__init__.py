@@ -14,9 +14,12 @@ Backends import their heavy packages (torch, vllm, openai) when built, not at im
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from lema.config import EngineConfig, SamplingConfig
+
+if TYPE_CHECKING:
+    from lema.engines.budget import Budget
 
 Messages = list[dict[str, str]]
 """One chat request: [{"role": "user", "content": "..."}, ...]."""
@@ -66,6 +69,7 @@ class Engine(Protocol):
         requests: list[Messages],
         sampling: SamplingConfig,
         json_schema: dict | None = None,
+        seeds: list[int | None] | None = None,
     ) -> list[RequestOutput]:
         """Complete each chat request `sampling.n` times.
 
@@ -74,6 +78,9 @@ class Engine(Protocol):
             sampling: n, temperature (0 is greedy), top_p, max_tokens, stop, seed.
             json_schema: constrain the output to this JSON schema (vLLM, OpenAI); the
                 transformers backend ignores it.
+            seeds: one sampling seed per request (instead of `sampling.seed`), so a request
+                samples the same whichever batch or chunk it travels in (vLLM, OpenAI; the
+                transformers backend seeds each of its batches from its requests' seeds).
 
         Returns:
             One RequestOutput per request, in order.
@@ -114,9 +121,27 @@ def release_torch_memory() -> None:
         torch.cuda.empty_cache()
 
 
-def build_engine(cfg: EngineConfig) -> Engine:
+def resolve_prompt_format(cfg_format: str, tok: Any, model: str) -> str:
+    """`chat` or `plain` for this tokenizer (see EngineConfig.prompt_format).
+
+    Raises:
+        EngineError: `chat` was asked for and the tokenizer has no chat template.
+    """
+    has_template = bool(tok.chat_template)
+    if cfg_format == "chat" and not has_template:
+        raise EngineError(f"model {model!r} has no chat template; set prompt_format: plain "
+                          "(plain-text prompts, as for a base model) or auto")
+    if cfg_format == "auto":
+        return "chat" if has_template else "plain"
+    return cfg_format
+
+
+def build_engine(cfg: EngineConfig, budget: Budget | None = None) -> Engine:
     """Build the engine `cfg.backend` names (loads the model / opens the client).
 
+    Args:
+        budget: for the openai backend, an API budget shared with other engines (a stage's
+            actor pool shares one); None gives the engine its own from `cfg.openai`.
     Raises:
         ValueError: for an unknown backend, naming the valid ones.
     """
@@ -131,7 +156,7 @@ def build_engine(cfg: EngineConfig) -> Engine:
     if cfg.backend == "openai":
         from lema.engines.openai_engine import OpenAIEngine
 
-        return OpenAIEngine(cfg)
+        return OpenAIEngine(cfg, budget)
     raise ValueError(
         f"engine backend {cfg.backend!r} is unknown; choose transformers, vllm or openai"
     )
@@ -148,4 +173,5 @@ __all__ = [
     "build_engine",
     "new_stats",
     "release_torch_memory",
+    "resolve_prompt_format",
 ]

@@ -1,8 +1,11 @@
 """The OpenAI-compatible HTTP backend (the official API, vLLM/SGLang servers, ...).
 
-Bounded concurrency, a requests/tokens-per-minute budget, our own retries with jittered
-exponential backoff (the SDK's are off), per-request timeouts, token and cost accounting, and
-an on-disk response cache so a re-run pays nothing twice.
+Bounded concurrency and a requests/tokens-per-minute budget (the engine's own, or one shared
+by a stage's whole actor pool: `lema.engines.budget`), our own retries with jittered
+exponential backoff (the SDK's are off), per-request timeouts and seeds, token and cost
+accounting, and an on-disk response cache so a re-run pays nothing twice. With
+`prompt_format: plain` (a base model behind a completions endpoint) requests go to
+`/completions` as plain text (`lema.prompts.render_plain`).
 
 All HTTP runs on one event loop in a background thread that the engine owns, so the sync
 `generate` works from plain code, from a thread whose loop is running, and from Ray actors,
@@ -24,8 +27,9 @@ from typing import Any, TypeVar
 
 from lema.config import EngineConfig, SamplingConfig
 from lema.engines import Completion, EngineError, Messages, RequestOutput, new_stats
-from lema.engines.rate_limit import RateLimiter
+from lema.engines.budget import Budget, LocalBudget
 from lema.engines.response_cache import ResponseCache, request_key
+from lema.prompts import plain_stops, render_plain
 
 T = TypeVar("T")
 MAX_BACKOFF_S = 60.0
@@ -59,6 +63,11 @@ def split_tokens(total: int, texts: list[str]) -> list[int]:
     parts = [total * w // sum(weights) for w in weights]
     parts[-1] += total - sum(parts)
     return parts
+
+
+def _usage_tokens(resp: Any) -> float | None:
+    """Prompt + completion tokens a response reports (None when it reports no usage)."""
+    return None if resp.usage is None else resp.usage.prompt_tokens + resp.usage.completion_tokens
 
 
 def _retry_after(err: Exception) -> float | None:
@@ -104,7 +113,7 @@ class OpenAIEngine:
     counts requests that ended with an error.
     """
 
-    def __init__(self, cfg: EngineConfig):
+    def __init__(self, cfg: EngineConfig, budget: Budget | None = None):
         import openai
 
         opts = cfg.openai
@@ -119,6 +128,7 @@ class OpenAIEngine:
         self.name = cfg.label
         self.model = cfg.model
         self.opts = opts
+        self.prompt_format = "plain" if cfg.prompt_format == "plain" else "chat"  # auto: chat
         self.cache = ResponseCache(opts.cache_dir) if opts.cache_dir else None
         self._stats = new_stats()
         self._loop = _LoopThread(f"openai-engine-{self.name}")
@@ -127,8 +137,8 @@ class OpenAIEngine:
             self._client = openai.AsyncOpenAI(
                 api_key=api_key, base_url=opts.base_url, timeout=opts.timeout_s, max_retries=0
             )
-            self._sem = asyncio.Semaphore(opts.max_concurrency)
-            self._limiter = RateLimiter(opts.requests_per_minute, opts.tokens_per_minute)
+            self._budget = budget or LocalBudget(
+                opts.requests_per_minute, opts.tokens_per_minute, opts.max_concurrency)
 
         self._loop.run(setup())
         self._closed = False
@@ -139,21 +149,23 @@ class OpenAIEngine:
         requests: list[Messages],
         sampling: SamplingConfig,
         json_schema: dict | None = None,
+        seeds: list[int | None] | None = None,
     ) -> list[RequestOutput]:
         """See `Engine.generate`. Blocks the calling thread (never its event loop's work)."""
         self._check_open()
-        return self._loop.run(self._generate_all(requests, sampling, json_schema))
+        return self._loop.run(self._generate_all(requests, sampling, json_schema, seeds))
 
     async def agenerate(
         self,
         requests: list[Messages],
         sampling: SamplingConfig,
         json_schema: dict | None = None,
+        seeds: list[int | None] | None = None,
     ) -> list[RequestOutput]:
         """`generate` for async callers: awaitable from any event loop."""
         self._check_open()
         return await asyncio.wrap_future(
-            self._loop.submit(self._generate_all(requests, sampling, json_schema))
+            self._loop.submit(self._generate_all(requests, sampling, json_schema, seeds))
         )
 
     def stats(self) -> dict[str, float]:
@@ -172,10 +184,16 @@ class OpenAIEngine:
 
     # ------------------------------------------------------------ one call
     async def _generate_all(
-        self, requests: list[Messages], sampling: SamplingConfig, json_schema: dict | None
+        self, requests: list[Messages], sampling: SamplingConfig, json_schema: dict | None,
+        seeds: list[int | None] | None,
     ) -> list[RequestOutput]:
         start = time.perf_counter()
-        tasks = [asyncio.ensure_future(self._one(m, sampling, json_schema)) for m in requests]
+        if seeds is not None:  # one SamplingConfig per request: its seed travels and keys the cache
+            per_request = [sampling.model_copy(update={"seed": s}) for s in seeds]
+        else:
+            per_request = [sampling] * len(requests)
+        tasks = [asyncio.ensure_future(self._one(m, s, json_schema))
+                 for m, s in zip(requests, per_request)]
         try:
             outputs = await asyncio.gather(*tasks)
         except BaseException:
@@ -189,6 +207,9 @@ class OpenAIEngine:
         self, messages: Messages, sampling: SamplingConfig, json_schema: dict | None
     ) -> RequestOutput:
         self._stats["requests"] += 1
+        if self.prompt_format == "plain":
+            sampling = sampling.model_copy(update={"stop": [
+                *sampling.stop, *(s for s in plain_stops(messages) if s not in sampling.stop)]})
         key = request_key(self.model, messages, sampling, json_schema) if self.cache else ""
         if self.cache is not None and (hit := self.cache.get(key)) is not None:
             self._stats["cache_hits"] += 1
@@ -203,7 +224,6 @@ class OpenAIEngine:
     def _params(self, messages: Messages, sampling: SamplingConfig, json_schema: dict | None):
         params: dict[str, Any] = {
             "model": self.model,
-            "messages": messages,
             "n": sampling.n,
             "temperature": sampling.temperature,
             "top_p": sampling.top_p,
@@ -213,6 +233,10 @@ class OpenAIEngine:
             params["stop"] = list(sampling.stop)
         if sampling.seed is not None:
             params["seed"] = sampling.seed
+        if self.prompt_format == "plain":
+            params["prompt"] = render_plain(messages)
+            return params  # the completions endpoint takes no response_format
+        params["messages"] = messages
         fmt = response_format(json_schema, self.opts.structured_output)
         if fmt is not None:
             params["response_format"] = fmt
@@ -224,15 +248,18 @@ class OpenAIEngine:
         import openai
 
         params = self._params(messages, sampling, json_schema)
+        create = (self._client.completions.create if self.prompt_format == "plain"
+                  else self._client.chat.completions.create)
         estimate = len(json.dumps(messages)) / 4 + sampling.max_tokens * sampling.n
         last = ""
         for attempt in range(self.opts.max_retries + 1):
             if attempt > 0:
                 self._stats["retries"] += 1
-            await self._limiter.acquire(estimate)
+            await self._budget.acquire(estimate)
+            actual: float | None = None
             try:
-                async with self._sem:  # released while backing off, so others proceed
-                    resp = await self._client.chat.completions.create(**params)
+                resp = await create(**params)
+                actual = _usage_tokens(resp)
             except (openai.AuthenticationError, openai.PermissionDeniedError) as e:
                 raise EngineError(f"endpoint {self.opts.base_url!r} refused the key: {e}") from e
             except openai.NotFoundError as e:
@@ -240,27 +267,26 @@ class OpenAIEngine:
                     f"model {self.model!r} or endpoint {self.opts.base_url!r} not found: {e}"
                 ) from e
             except (openai.APIConnectionError, openai.APIStatusError) as e:  # timeouts included
-                status = e.status_code if isinstance(e, openai.APIStatusError) else None
-                last = f"{type(e).__name__}: {e}"
-                if status is not None and status < 500 and status not in (408, 409, 429):
-                    return RequestOutput(error=f"request rejected ({status}): {e}")
-                if attempt < self.opts.max_retries:
-                    await asyncio.sleep(
-                        backoff_delay(attempt, self.opts.backoff_s, _retry_after(e))
-                    )
-                continue
+                error: Exception | None = e
             except openai.APIError as e:  # e.g. a malformed response body
                 return RequestOutput(error=f"{type(e).__name__}: {e}")
-            out = self._to_output(resp)
-            self._limiter.settle(
-                estimate, out.prompt_tokens + sum(c.tokens for c in out.completions)
-            )
-            return out
+            else:
+                error = None
+            finally:
+                await self._budget.release(estimate, actual)  # the slot is free while backing off
+            if error is None:
+                return self._to_output(resp)
+            status = error.status_code if isinstance(error, openai.APIStatusError) else None
+            last = f"{type(error).__name__}: {error}"
+            if status is not None and status < 500 and status not in (408, 409, 429):
+                return RequestOutput(error=f"request rejected ({status}): {error}")
+            if attempt < self.opts.max_retries:
+                await asyncio.sleep(backoff_delay(attempt, self.opts.backoff_s, _retry_after(error)))
         return RequestOutput(error=f"failed after {self.opts.max_retries + 1} attempts: {last}")
 
     def _to_output(self, resp) -> RequestOutput:
         choices = sorted(resp.choices, key=lambda c: c.index)
-        texts = [c.message.content or "" for c in choices]
+        texts = [(c.text if self.prompt_format == "plain" else c.message.content) or "" for c in choices]
         usage = resp.usage
         prompt_tokens = usage.prompt_tokens if usage is not None else 0
         completion_tokens = usage.completion_tokens if usage is not None else 0

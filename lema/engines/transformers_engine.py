@@ -1,13 +1,17 @@
 """The transformers backend: batched `model.generate` on CPU or GPU, optional peft LoRA adapter.
 
-Requests are rendered with the model's chat template, sorted by prompt length (less padding)
-and generated `batch_size` prompts at a time; outputs come back in request order.
+Requests are rendered with the model's chat template (or as plain text for a model without
+one, see `EngineConfig.prompt_format`), sorted by prompt length (less padding) and generated
+`batch_size` prompts at a time; outputs come back in request order. With per-request seeds,
+each generate() batch is seeded from the seeds of its requests: a request samples the same
+whenever it meets the same batch.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+import zlib
 
 from lema.config import EngineConfig, SamplingConfig
 from lema.engines import (
@@ -18,7 +22,10 @@ from lema.engines import (
     add_output_stats,
     new_stats,
     release_torch_memory,
+    resolve_prompt_format,
 )
+from lema.prompts import plain_stops, render_plain
+from lema.storage import local_path
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +38,13 @@ def truncate_at_stop(text: str, stop: list[str]) -> tuple[str, bool]:
     """
     cut = min((i for i in (text.find(s) for s in stop if s) if i >= 0), default=-1)
     return (text[:cut], True) if cut >= 0 else (text, False)
+
+
+def batch_seed(seeds: list[int | None]) -> int | None:
+    """One torch seed for a generate() batch from its requests' seeds (None when all are None)."""
+    if all(s is None for s in seeds):
+        return None
+    return zlib.crc32(",".join(str(s) for s in seeds).encode()) % (2**31)
 
 
 def _eos_ids(model, tok) -> set[int]:
@@ -59,6 +73,7 @@ class TransformersEngine:
         if cfg.adapter is not None:
             model = self._apply_adapter(model, cfg.adapter)
         self.model, self.tok = model, tok
+        self.prompt_format = resolve_prompt_format(cfg.prompt_format, tok, cfg.model)
         self._eos = _eos_ids(model, tok)
         self._end_ids = self._eos | {tok.pad_token_id}  # where a row's completion ends
         self._stats = new_stats()
@@ -68,7 +83,7 @@ class TransformersEngine:
         from peft import PeftModel
 
         try:
-            peft_model = PeftModel.from_pretrained(model, adapter)
+            peft_model = PeftModel.from_pretrained(model, local_path(adapter))
         except (OSError, ValueError) as e:
             raise EngineError(f"cannot load LoRA adapter {adapter!r}: {e}") from e
         merged = peft_model.merge_and_unload()  # plain model: faster generation
@@ -77,6 +92,8 @@ class TransformersEngine:
 
     # ------------------------------------------------------------ prompts
     def _encode(self, messages: Messages) -> list[int]:
+        if self.prompt_format == "plain":  # a base model: BOS (if it has one) + plain text
+            return self.tok(render_plain(messages))["input_ids"]
         text = self.tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         return self.tok(text, add_special_tokens=False)["input_ids"]
 
@@ -102,12 +119,14 @@ class TransformersEngine:
         requests: list[Messages],
         sampling: SamplingConfig,
         json_schema: dict | None = None,
+        seeds: list[int | None] | None = None,
     ) -> list[RequestOutput]:
         """See `Engine.generate`; `json_schema` is not enforced by this backend."""
         import torch
         from jinja2 import TemplateError
 
         start = time.perf_counter()
+        seeds = seeds if seeds is not None else [sampling.seed] * len(requests)
         outputs: list[RequestOutput | None] = [None] * len(requests)
         encoded: dict[int, list[int]] = {}
         for i, messages in enumerate(requests):
@@ -115,11 +134,15 @@ class TransformersEngine:
                 encoded[i] = self._encode(messages)
             except (TemplateError, ValueError, TypeError, KeyError) as e:  # fails alone
                 outputs[i] = RequestOutput(error=f"cannot render the chat template: {e}")
-        if sampling.temperature > 0 and sampling.seed is not None:
-            torch.manual_seed(sampling.seed)
+        if self.prompt_format == "plain":  # a base model goes on past its answer: stop it
+            extra = sorted({s for i in encoded for s in plain_stops(requests[i])} - set(sampling.stop))
+            sampling = sampling.model_copy(update={"stop": [*sampling.stop, *extra]})
         order = sorted(encoded, key=lambda i: len(encoded[i]), reverse=True)
         for b in range(0, len(order), self.batch_size):
             chunk = order[b : b + self.batch_size]
+            seed = batch_seed([seeds[i] for i in chunk])
+            if sampling.temperature > 0 and seed is not None:
+                torch.manual_seed(seed)
             for i, out in zip(chunk, self._generate_batch([encoded[i] for i in chunk], sampling)):
                 outputs[i] = out
         result = [o for o in outputs if o is not None]

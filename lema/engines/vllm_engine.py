@@ -1,11 +1,20 @@
 """The vLLM backend: an offline `vllm.LLM` on GPU, optional LoRA adapter, structured outputs.
 
+Prompts are rendered and tokenized here (chat template, or plain text for a model without one),
+so a prompt longer than the model's context fails alone with its reason, before vLLM sees the
+batch; every other request goes to vLLM in one `generate` call (continuous batching), each with
+its own seed. One offline engine is not thread-safe: calls are serialised by a lock (and the
+config refuses `calls_per_actor > 1` for vLLM actors). A tensor-parallel engine spans the GPUs
+its actor reserved (`pool.num_gpus` = `tensor_parallel_size`), with vLLM's multiprocessing
+executor inside the actor.
+
 vLLM (the `gpu` extra, vllm>=0.12 for `StructuredOutputsParams`) is imported only when the
 engine is built, so nothing else in lema needs it installed.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 
 from lema.config import EngineConfig, SamplingConfig
@@ -17,7 +26,10 @@ from lema.engines import (
     add_output_stats,
     new_stats,
     release_torch_memory,
+    resolve_prompt_format,
 )
+from lema.prompts import plain_stops, render_plain
+from lema.storage import local_path
 
 _FINISH = {"stop": "stop", "length": "length"}  # anything else ("abort", None) is an error
 
@@ -50,17 +62,30 @@ class VLLMEngine:
             "dtype": vllm_dtype(cfg.dtype),
             "enforce_eager": opts.enforce_eager,
         }
+        if opts.tensor_parallel_size > 1:  # workers inside this actor, on the GPUs it reserved
+            kwargs["distributed_executor_backend"] = "mp"
         if opts.max_model_len is not None:
             kwargs["max_model_len"] = opts.max_model_len
         self._lora = None
         if cfg.adapter is not None:
             kwargs.update(enable_lora=True, max_lora_rank=opts.max_lora_rank)
-            self._lora = LoRARequest("adapter", 1, cfg.adapter)
+            self._lora = LoRARequest("adapter", 1, local_path(cfg.adapter))
         self.name = cfg.label
         self.llm = LLM(**kwargs)
+        self.tok = self.llm.get_tokenizer()
+        self.prompt_format = resolve_prompt_format(cfg.prompt_format, self.tok, cfg.model)
+        self.max_model_len = self.llm.llm_engine.model_config.max_model_len
+        self._lock = threading.Lock()
         self._stats = new_stats()
 
-    def _params(self, sampling: SamplingConfig, json_schema: dict | None):
+    def _encode(self, messages: Messages) -> list[int]:
+        if self.prompt_format == "plain":
+            return self.tok(render_plain(messages))["input_ids"]
+        text = self.tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        return self.tok(text, add_special_tokens=False)["input_ids"]
+
+    def _params(self, sampling: SamplingConfig, seed: int | None, stop: list[str],
+                json_schema: dict | None):
         from vllm import SamplingParams
         from vllm.sampling_params import StructuredOutputsParams
 
@@ -70,54 +95,58 @@ class VLLMEngine:
             temperature=sampling.temperature,
             top_p=sampling.top_p,
             max_tokens=sampling.max_tokens,
-            stop=list(sampling.stop) or None,
-            seed=sampling.seed,
+            stop=stop or None,
+            seed=seed,
             structured_outputs=structured,
         )
-
-    def _chat(self, requests: list[Messages], params) -> list[RequestOutput]:
-        outs = self.llm.chat(
-            requests,
-            sampling_params=params,
-            use_tqdm=False,
-            lora_request=self._lora,
-            add_generation_prompt=True,
-        )
-        results = []
-        for out in outs:
-            completions = [
-                Completion(
-                    text=c.text,
-                    tokens=len(c.token_ids),
-                    finish_reason=_FINISH.get(c.finish_reason, "error"),
-                )
-                for c in sorted(out.outputs, key=lambda c: c.index)
-            ]
-            prompt_tokens = len(out.prompt_token_ids or [])
-            results.append(RequestOutput(completions=completions, prompt_tokens=prompt_tokens))
-        return results
 
     def generate(
         self,
         requests: list[Messages],
         sampling: SamplingConfig,
         json_schema: dict | None = None,
+        seeds: list[int | None] | None = None,
     ) -> list[RequestOutput]:
-        """See `Engine.generate`. A batch vLLM rejects (e.g. one prompt longer than
-        max_model_len) is retried request by request, so only the bad ones fail."""
+        """See `Engine.generate`. A request whose prompt leaves no room for a completion in
+        `max_model_len` (or cannot be rendered) fails alone; the rest run in one call."""
+        from jinja2 import TemplateError
+        from vllm.inputs import TokensPrompt
+
         start = time.perf_counter()
-        params = self._params(sampling, json_schema)
-        try:
-            outputs = self._chat(requests, params)
-        except ValueError:
-            outputs = []
-            for messages in requests:
-                try:
-                    outputs.extend(self._chat([messages], params))
-                except ValueError as e:
-                    outputs.append(RequestOutput(error=f"vLLM rejected the request: {e}"))
-        add_output_stats(self._stats, outputs, time.perf_counter() - start)
-        return outputs
+        seeds = seeds if seeds is not None else [sampling.seed] * len(requests)
+        outputs: list[RequestOutput | None] = [None] * len(requests)
+        prompts, params, index = [], [], []
+        for i, messages in enumerate(requests):
+            try:
+                ids = self._encode(messages)
+            except (TemplateError, ValueError, TypeError, KeyError) as e:
+                outputs[i] = RequestOutput(error=f"cannot render the chat template: {e}")
+                continue
+            if len(ids) >= self.max_model_len:
+                outputs[i] = RequestOutput(error=f"prompt of {len(ids)} tokens does not fit "
+                                                 f"max_model_len {self.max_model_len}")
+                continue
+            stop = list(sampling.stop)
+            if self.prompt_format == "plain":
+                stop += [s for s in plain_stops(messages) if s not in stop]
+            prompts.append(TokensPrompt(prompt_token_ids=ids))
+            params.append(self._params(sampling, seeds[i], stop, json_schema))
+            index.append(i)
+        if prompts:
+            with self._lock:
+                outs = self.llm.generate(prompts, sampling_params=params, use_tqdm=False,
+                                         lora_request=self._lora)
+            for i, out in zip(index, outs):
+                completions = [
+                    Completion(text=c.text, tokens=len(c.token_ids),
+                               finish_reason=_FINISH.get(c.finish_reason, "error"))
+                    for c in sorted(out.outputs, key=lambda c: c.index)
+                ]
+                outputs[i] = RequestOutput(completions=completions,
+                                           prompt_tokens=len(out.prompt_token_ids or []))
+        result = [o for o in outputs if o is not None]
+        add_output_stats(self._stats, result, time.perf_counter() - start)
+        return result
 
     def stats(self) -> dict[str, float]:
         return dict(self._stats)

@@ -59,6 +59,7 @@ class _State:
     max_in_flight: int = 0
     statuses: Counter = field(default_factory=Counter)
     requests: list[dict[str, Any]] = field(default_factory=list)
+    arrivals: list[float] = field(default_factory=list)  # time.monotonic() of each call
 
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -96,7 +97,7 @@ class FakeOpenAIServer:
     # ------------------------------------------------------------ counters
     @property
     def calls(self) -> int:
-        """HTTP calls to /v1/chat/completions so far (failed ones too)."""
+        """HTTP calls to /v1/chat/completions and /v1/completions so far (failed ones too)."""
         return self._state.calls
 
     @property
@@ -113,6 +114,11 @@ class FakeOpenAIServer:
     def requests(self) -> list[dict[str, Any]]:
         """Request bodies, in arrival order."""
         return self._state.requests
+
+    @property
+    def arrivals(self) -> list[float]:
+        """When each call arrived (time.monotonic()), in arrival order."""
+        return self._state.arrivals
 
     def reset(self) -> None:
         with self._lock:
@@ -133,29 +139,36 @@ class FakeOpenAIServer:
 
         @app.post("/v1/chat/completions")
         async def chat(request: Request):
-            body = await request.json()
-            with self._lock:
-                state = self._state
-                number = state.calls
-                state.calls += 1
-                state.requests.append(body)
-                state.in_flight += 1
-                state.max_in_flight = max(state.max_in_flight, state.in_flight)
-                fail_roll = self._rng.random()
-            try:
-                response = await self._answer(number, body, fail_roll)
-            finally:
-                with self._lock:
-                    state.in_flight -= 1
-            with self._lock:
-                state.statuses[response.status_code] += 1
-            return response
+            return await self._handle(await request.json())
+
+        @app.post("/v1/completions")  # plain-text prompts (a base model): read as one user message
+        async def completions(request: Request):
+            return await self._handle(await request.json(), plain=True)
 
         return app
 
-    async def _answer(self, number: int, body: dict[str, Any], fail_roll: float) -> JSONResponse:
+    async def _handle(self, body: dict[str, Any], plain: bool = False) -> JSONResponse:
+        with self._lock:
+            state = self._state
+            number = state.calls
+            state.calls += 1
+            state.requests.append(body)
+            state.arrivals.append(time.monotonic())
+            state.in_flight += 1
+            state.max_in_flight = max(state.max_in_flight, state.in_flight)
+            fail_roll = self._rng.random()
+        try:
+            response = await self._answer(number, body, fail_roll, plain)
+        finally:
+            with self._lock:
+                state.in_flight -= 1
+        with self._lock:
+            state.statuses[response.status_code] += 1
+        return response
+
+    async def _answer(self, number: int, body: dict[str, Any], fail_roll: float, plain: bool) -> JSONResponse:
         b = self.behaviour
-        messages = body.get("messages") or []
+        messages = [{"role": "user", "content": body["prompt"]}] if plain else body.get("messages") or []
         if number < b.hang_first:
             await asyncio.sleep(b.hang_s)
         if b.latency_s:
@@ -171,6 +184,8 @@ class FakeOpenAIServer:
         choices, counts = [], []
         for i in range(int(body.get("n") or 1)):
             choice, tokens = _choice(i, text, body)
+            if plain:
+                choice["text"] = choice.pop("message")["content"]
             choices.append(choice)
             counts.append(tokens)
         prompt_tokens = sum(len(str(m.get("content", "")).split()) for m in messages)
@@ -181,8 +196,8 @@ class FakeOpenAIServer:
         }
         return JSONResponse(
             {
-                "id": f"chatcmpl-{number}",
-                "object": "chat.completion",
+                "id": f"cmpl-{number}",
+                "object": "text_completion" if plain else "chat.completion",
                 "created": int(time.time()),
                 "model": body.get("model", "fake"),
                 "choices": choices,

@@ -1,9 +1,16 @@
-"""A token-bucket limiter for requests-per-minute and tokens-per-minute API budgets (asyncio)."""
+"""API budgets (asyncio): requests and tokens per minute as token buckets, and requests in flight.
+
+An API engine draws from a `Budget` around every HTTP call: `acquire(estimated tokens)` before
+it, `release(estimated, actual)` after it. `LocalBudget` holds the limits in this process; a
+pipeline stage hands its engines a budget shared by the whole actor pool instead
+(`pipelines.budget`), so the configured limits hold for the job, not per actor.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import time
+from typing import Protocol
 
 
 class TokenBucket:
@@ -53,23 +60,36 @@ class TokenBucket:
         self.level = min(self.capacity, self.level - amount)
 
 
-class RateLimiter:
-    """Requests-per-minute and tokens-per-minute budgets together (None: unlimited)."""
+class Budget(Protocol):
+    """What an API engine draws from around each HTTP call."""
 
-    def __init__(self, requests_per_minute: float | None, tokens_per_minute: float | None):
+    async def acquire(self, tokens: float) -> None:
+        """Wait for a free slot, one request and `tokens` (an estimate) of the budget."""
+        ...
+
+    async def release(self, estimated: float, actual: float | None) -> None:
+        """Free the slot; settle the token budget with the real usage (None: the call failed,
+        the estimate stays spent)."""
+        ...
+
+
+class LocalBudget:
+    """Requests/tokens per minute (None: unlimited) and at most `max_concurrency` in flight."""
+
+    def __init__(self, requests_per_minute: float | None, tokens_per_minute: float | None,
+                 max_concurrency: int):
         self.requests = TokenBucket(requests_per_minute) if requests_per_minute else None
         self.tokens = TokenBucket(tokens_per_minute) if tokens_per_minute else None
+        self._slots = asyncio.Semaphore(max_concurrency)
 
-    async def acquire(self, tokens: float) -> float:
-        """Wait for one request and `tokens` (an estimate) of budget; returns seconds waited."""
-        waited = 0.0
+    async def acquire(self, tokens: float) -> None:
         if self.requests is not None:
-            waited += await self.requests.acquire(1)
+            await self.requests.acquire(1)
         if self.tokens is not None:
-            waited += await self.tokens.acquire(tokens)
-        return waited
+            await self.tokens.acquire(tokens)
+        await self._slots.acquire()
 
-    def settle(self, estimated: float, actual: float) -> None:
-        """Correct the token budget once a response reports its real usage."""
-        if self.tokens is not None:
+    async def release(self, estimated: float, actual: float | None) -> None:
+        self._slots.release()
+        if self.tokens is not None and actual is not None:
             self.tokens.adjust(actual - estimated)

@@ -1,0 +1,63 @@
+"""One API budget for a whole stage: requests/tokens per minute and requests in flight, held by
+a small Ray actor that every engine of the stage's actor pool draws from.
+
+Without it each pool actor would build its own limiter, and `max_actors: 2` would double the
+configured budget. The engines see the same `lema.engines.budget.Budget` interface as the
+in-process budget; each request costs two actor calls (about a millisecond each), nothing next
+to an API call.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import ray
+
+from lema.config import EngineConfig
+from lema.engines.budget import LocalBudget
+
+
+@ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)
+class BudgetActor:
+    """The stage's budget (an async actor: waiting callers do not block each other)."""
+
+    def __init__(self, requests_per_minute: float | None, tokens_per_minute: float | None,
+                 max_concurrency: int):
+        self.budget = LocalBudget(requests_per_minute, tokens_per_minute, max_concurrency)
+
+    async def acquire(self, tokens: float) -> None:
+        await self.budget.acquire(tokens)
+
+    async def release(self, estimated: float, actual: float | None) -> None:
+        await self.budget.release(estimated, actual)
+
+
+class SharedBudget:
+    """The engine-side handle of a BudgetActor (picklable: pool actors receive it)."""
+
+    def __init__(self, actor: Any):
+        self.actor = actor
+
+    async def acquire(self, tokens: float) -> None:
+        await self.actor.acquire.remote(tokens)
+
+    async def release(self, estimated: float, actual: float | None) -> None:
+        await self.actor.release.remote(estimated, actual)
+
+
+@contextlib.contextmanager
+def stage_budget(engine: EngineConfig | None) -> Iterator[SharedBudget | None]:
+    """A budget shared by every engine of a stage's pool (openai backend; None for others),
+    from `engine.openai`'s limits, for as long as the stage runs."""
+    if engine is None or engine.backend != "openai":
+        yield None
+        return
+    opts = engine.openai
+    actor = BudgetActor.options(max_concurrency=max(1000, 4 * opts.max_concurrency)).remote(
+        opts.requests_per_minute, opts.tokens_per_minute, opts.max_concurrency)
+    try:
+        yield SharedBudget(actor)
+    finally:
+        ray.kill(actor, no_restart=True)
