@@ -4,8 +4,9 @@
 
 1. Bare answers: final answers with no solution around them, built here from ../shared/data.
    Each MATH-500 answer (gold) meets the same answer and an equivalent rewrite of it (plain, in
-   `$..$` or `\\(..\\)`), and a changed answer; GSM8K test golds meet `1,250`/`$80`-style
-   forms of the same number and of a different one. Labels are known by construction.
+   `$..$`, `\\(..\\)` or `\\boxed{}`), and a changed answer (its first integer plus one); GSM8K
+   test golds meet `1,250`/`$80`-style forms of the same number and of a different one. Labels are
+   known by construction.
 2. Peer verdicts: equivalence verdicts asserted by other graders' own test suites
    (huggingface/Math-Verify `tests/`, NVIDIA/NeMo-Skills `tests/test_math_equal.py`), read at
    run time from checkouts or bare git mirrors given with --peer-repo; none are stored here.
@@ -59,8 +60,10 @@ def _load_jsonl(path: Path) -> list[dict]:
 
 
 def _wrap(answer: str, rng: random.Random) -> tuple[str, str]:
-    form = rng.choice(["plain", "$..$", "\\(..\\)"])
-    return {"plain": answer, "$..$": f"${answer}$", "\\(..\\)": f"\\({answer}\\)"}[form], form
+    forms = {"plain": answer, "$..$": f"${answer}$", "\\(..\\)": f"\\({answer}\\)",
+             "\\boxed{..}": f"\\boxed{{{answer}}}"}
+    form = rng.choice(list(forms))
+    return forms[form], form
 
 
 def equivalent_rewrite(answer: str) -> str:

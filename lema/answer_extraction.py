@@ -45,6 +45,7 @@ _FRAC_RE = re.compile(r"^(-?)\\frac\{(-?\d+)\}\{(-?\d+)\}$|^(-?)\\frac(\d)(\d)$"
 _SIMPLE_NUMBER_RE = re.compile(r"^[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:/[-+]?\d+)?$")
 _TEXT_BLOCK_RE = re.compile(r"\\(?:text\w*|math\w+|mbox|operatorname)\s*\{[^{}]*\}|\\[A-Za-z]+")
 _TWO_WORDS_RE = re.compile(r"\b(?:[A-Za-z]+\s+[A-Za-z]{2,}|[A-Za-z]{2,}\s+[A-Za-z]+)\b")
+_LABEL_RE = re.compile(r"^[A-Za-z]{2,}\.?\s+[^A-Za-z\s]")  # "Step 3: 20", "Total 20": a label first
 _MATH_DELIMITER_RE = re.compile(r"(?<!\\)\$|\\[()\[\]]")
 _EQUALS_RE = re.compile(r"(?<![<>!=\\])=(?!=)")
 _BOX_SEPARATOR_RE = re.compile(
@@ -157,8 +158,8 @@ def bare_answer(text: str) -> str | None:
 
     A final answer is short, and either wholly one math span (`$..$`, `\(..\)`, `\[..\]`) or
     free of math delimiters; it has no two words in a row outside `\text{}` (a sentence), no
-    line break outside `\begin..\end`, and no `=` after plain arithmetic ("3 + 4 = 7" is
-    working, not an answer): "(1, 2)", "x^2+1", "$\frac{3}{4}$", "\pi", "x = 5", "Monday".
+    leading label ("Step 3: 20"), no line break outside `\begin..\end`, and no `=` after plain
+    arithmetic ("3 + 4 = 7" is working, not an answer): "(1, 2)", "x^2+1", "$\frac{3}{4}$", "\pi", "x = 5", "Monday".
     """
     s = text.strip()
     if not s or len(s) > MAX_BARE_ANSWER_CHARS:
@@ -167,7 +168,8 @@ def bare_answer(text: str) -> str | None:
         return None
     answer = clean_answer(s)
     words = _TEXT_BLOCK_RE.sub(" ", answer)
-    if not answer or _TWO_WORDS_RE.search(words) or ("\n" in answer and "\\begin" not in answer):
+    if not answer or _TWO_WORDS_RE.search(words) or _LABEL_RE.match(words) or (
+            "\n" in answer and "\\begin" not in answer):
         return None
     if "=" in answer and not re.search("[A-Za-z]", answer.split("=")[0]):
         return None
