@@ -15,6 +15,7 @@ NUMERIC_DATASETS = ("gsm8k", "synthetic")
 LATEX_DATASETS = ("math", "math500")
 MAX_NUMBER_CHARS = 400  # longer "numbers" are junk (and Python caps int<->str at 4300 digits)
 MAX_BARE_ANSWER_CHARS = 200  # a longer text is a solution, not a final answer on its own
+MAX_SENTENCE_CHARS = 1000  # the tail of a text read for the answer its last sentence states
 
 _NUMBER = r"(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|\.\d+"
 _NUMBER_RE = re.compile(rf"(?:(?<![\w.])-)?(?:{_NUMBER})(?:\s*/\s*(?:{_NUMBER}))?")
@@ -87,11 +88,12 @@ def _boxed_answer(text: str) -> tuple[int, str] | None:
     boxes = find_boxes(text)
     if not boxes:
         return None
-    run = [boxes[-1]]
+    run = [boxes[-1]]  # from the last box backwards
     for box in reversed(boxes[:-1]):
-        if not _BOX_SEPARATOR_RE.fullmatch(text[box[1]: run[0][0]]):
+        if not _BOX_SEPARATOR_RE.fullmatch(text[box[1]: run[-1][0]]):
             break
-        run.insert(0, box)
+        run.append(box)
+    run.reverse()
     contents = [clean_answer(c) for _, _, c in run]
     if len(set(contents)) == 1:
         return run[-1][0], run[-1][2]
@@ -109,7 +111,14 @@ def _whole_math_span(text: str) -> str | None:
 
 def answer_in_sentence(text: str) -> str | None:
     """The answer a sentence states: its last math span, unless a number follows that span
-    (then that number); without math spans its last number; None when it has neither."""
+    (then that number); without math spans its last number; None when it has neither.
+
+    Only the text's last lines (up to MAX_SENTENCE_CHARS) are read: the final statement is
+    there, and span matching costs quadratic time in the length read.
+    """
+    if len(text) > MAX_SENTENCE_CHARS:
+        tail = text[-MAX_SENTENCE_CHARS:]
+        text = tail[tail.find("\n") + 1:]
     spans = list(_MATH_SPAN_RE.finditer(text))
     numbers = list(_NUMBER_RE.finditer(text))
     if spans and (not numbers or numbers[-1].start() < spans[-1].end()):
