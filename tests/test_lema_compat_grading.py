@@ -145,3 +145,16 @@ def test_robust_stays_the_default_and_accepts_what_lema_compat_rejects():
 @pytest.mark.parametrize("text", ["__import__('os')", "[5][0]+1", "(5).real+1", "lambda: 1", "5<6-1"])
 def test_arithmetic_is_numbers_only(text):
     assert to_number(text) is None
+
+
+def test_verdict_has_its_own_module_and_grading_re_exports_it():
+    import subprocess
+    import sys
+
+    import lema.grading
+    import lema.verdict
+
+    assert lema.grading.Verdict is lema.verdict.Verdict
+    code = "import sys, lema.lema_compat_grading; print('lema.grading' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"  # lema_compat_grading does not import the robust grader
