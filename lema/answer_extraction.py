@@ -1,9 +1,11 @@
 """Final-answer extraction from free-form solutions, and answer normalisation.
 
-Pure string work (no sympy): pulls the final answer out of model text or a gold solution
-(`#### n`, "The answer is", `\\boxed{}`/`\\fbox{}`, a final `A: n` line; else the whole text when
-it is itself a final answer; else the last number) and rewrites answers into a canonical form
-before they are compared (see `lema.grading`).
+Pure string work (no sympy): pulls the final answer out of model text or a gold solution and
+rewrites answers into a canonical form before they are compared (see `lema.grading`). The
+answer is the one after the latest marker (`#### n`, "The answer is", a final `A: n` line, the
+last `\\boxed{}`/`\\fbox{}` or a run of boxes that lists several); else the whole text when it
+is itself a final answer (`\\frac{1}{2}`, `$(1, 2)$`, `1,250`); else the last number (numeric
+datasets) or what the text's last sentence states (its last math span or number).
 """
 
 from __future__ import annotations

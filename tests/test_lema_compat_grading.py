@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
+import lema.grading
+import lema.verdict
 from lema.grading import Verdict, grade, grade_many
 from lema.lema_compat_grading import as_completion, read_gsm8k_answer, read_math_answer, to_number
 
@@ -148,12 +153,6 @@ def test_arithmetic_is_numbers_only(text):
 
 
 def test_verdict_has_its_own_module_and_grading_re_exports_it():
-    import subprocess
-    import sys
-
-    import lema.grading
-    import lema.verdict
-
     assert lema.grading.Verdict is lema.verdict.Verdict
     code = "import sys, lema.lema_compat_grading; print('lema.grading' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
