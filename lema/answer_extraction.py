@@ -108,7 +108,7 @@ def _whole_math_span(text: str) -> str | None:
     if not m:
         return None
     inner = next(g for g in m.groups() if g is not None)
-    return None if _MATH_DELIMITER_RE.search(inner.replace("\\$", "")) else inner
+    return None if _MATH_DELIMITER_RE.search(inner) else inner
 
 
 def answer_in_sentence(text: str) -> str | None:
@@ -170,12 +170,13 @@ def bare_answer(text: str) -> str | None:
     A final answer is short, and either wholly one math span (`$..$`, `\(..\)`, `\[..\]`) or
     free of math delimiters; it has no two words in a row outside `\text{}` (a sentence), no
     leading label ("Step 3: 20"), no line break outside `\begin..\end`, and no `=` after plain
-    arithmetic ("3 + 4 = 7" is working, not an answer): "(1, 2)", "x^2+1", "$\frac{3}{4}$", "\pi", "x = 5", "Monday".
+    arithmetic ("3 + 4 = 7" is working, not an answer). Answers: "(1, 2)", "x^2+1",
+    "$\frac{3}{4}$", "\pi", "x = 5", "Monday", "$80".
     """
     s = text.strip()
     if not s or len(s) > MAX_BARE_ANSWER_CHARS:
         return None
-    if _whole_math_span(s) is None and _MATH_DELIMITER_RE.search(s.lstrip("$").replace("\\$", "")):
+    if _whole_math_span(s) is None and _MATH_DELIMITER_RE.search(s.lstrip("$")):  # "$80" is money
         return None
     answer = clean_answer(s)
     words = _TEXT_BLOCK_RE.sub(" ", answer)
@@ -318,7 +319,8 @@ def _drop_variable(s: str) -> str:
 
 def strip_decorations(answer: str) -> str:
     r"""Drop what never changes an answer's value: `$`, `\%`, degrees, units, `\left`, `x =`,
-    arithmetic before a final `=`; spell `\dfrac`/`\tfrac`/`\cfrac` as `\frac` and `\sqrt13` as `\sqrt{13}`."""
+    arithmetic before a final `=`; spell `\dfrac`/`\tfrac`/`\cfrac` as `\frac` and `\sqrt13`
+    as `\sqrt{13}`."""
     s = answer.strip()
     inner = _whole_math_span(s)
     if inner is not None:

@@ -1,10 +1,10 @@
 """The answer grader every stage trusts: extract, normalise, compare, with a hard time bound.
 
 Plain numbers, identical normal forms, choice letters, words, base-n numerals and decimal
-commas are decided in-process (no sympy). Everything else goes to `math-verify`, which runs in a persistent worker
-subprocess on that process's main thread (where its signal timeouts work); a call that
-outlives `timeout_s` gets its worker killed and returns a "timeout" verdict, so adversarial
-input never hangs a thread, an asyncio handler or a Ray actor.
+commas are decided in-process (no sympy). Everything else goes to `math-verify`, which runs
+in a persistent worker subprocess on that process's main thread (where its signal timeouts
+work); a call that outlives `timeout_s` gets its worker killed and returns a "timeout"
+verdict, so adversarial input never hangs a thread, an asyncio handler or a Ray actor.
 
 Modes: `robust` (default) and `lema_compat`, which extracts and compares by the rules of the
 LeMa paper's evaluation code (microsoft/LEMA); see `lema.lema_compat_grading`. Both return a
