@@ -1,4 +1,4 @@
-"""Grader throughput and agreement, side by side with plain math-verify in one run.
+"""Grader throughput and agreement, side by side with math-verify in one run.
 
     .venv/bin/python benchmarks/grading.py --quick
 
@@ -6,6 +6,8 @@ Rows come from ../shared/data (GSM8K test, MATH-500) when present, else a built-
 Predictions are generated: the gold answer written into a varied model-like final sentence
 after the reference reasoning, and about a quarter wrong ones (a changed number, another
 problem's answer), so each prediction's true verdict is known. Everything runs on one thread.
+math-verify runs two ways, each named: "fair", as its docs and peers call it (gold wrapped in
+`$...$`; the throughput target is against this one), and "bare", `verify(parse(gold), parse(pred))`.
 The last line printed is one JSON object with the figures.
 """
 
@@ -22,6 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.math_verify_baseline import math_verify_bare, math_verify_fair  # noqa: E402
 from lema.answer_extraction import find_last_boxed  # noqa: E402
 from lema.grading import grade, grade_many  # noqa: E402
 
@@ -111,11 +114,9 @@ def time_ours(rows, dataset: str) -> tuple[float, list[bool]]:
     return time.perf_counter() - start, got
 
 
-def time_math_verify(rows) -> tuple[float, list[bool]]:
-    from math_verify import parse, verify
-
+def time_math_verify(rows, call) -> tuple[float, list[bool]]:
     start = time.perf_counter()
-    got = [bool(verify(parse(gold), parse(pred))) for pred, gold, _ in rows]
+    got = [call(gold, pred) for pred, gold, _ in rows]
     return time.perf_counter() - start, got
 
 
@@ -141,38 +142,39 @@ def main() -> None:
 
     # warm-up: start the math-verify worker and import math-verify here (not timed)
     grade("The answer is $\\sqrt{2}$", "\\sqrt{2}", "math")
-    time_math_verify([("$\\sqrt{3}$", "\\sqrt{3}", True)])
+    time_math_verify([("$\\sqrt{3}$", "\\sqrt{3}", True)], math_verify_fair)
 
     t_gsm8k, got_gsm8k = time_ours(gsm8k_rows, "gsm8k")
-    # side by side, batch by batch: a change in machine load hits both sides alike
-    t_ours = t_mv = 0.0
-    got_ours, got_mv = [], []
+    # side by side, batch by batch: a change in machine load hits all three alike
+    baselines = {"math_verify_fair": math_verify_fair, "math_verify_bare": math_verify_bare}
+    seconds = dict.fromkeys(["ours", *baselines], 0.0)
+    got: dict[str, list[bool]] = {name: [] for name in seconds}
     for i in range(0, len(math_rows), BATCH):
         batch = math_rows[i: i + BATCH]
-        t, got = time_ours(batch, "math")
-        t_ours, got_ours = t_ours + t, got_ours + got
-        t, got = time_math_verify(batch)
-        t_mv, got_mv = t_mv + t, got_mv + got
+        t, verdicts = time_ours(batch, "math")
+        seconds["ours"], got["ours"] = seconds["ours"] + t, got["ours"] + verdicts
+        for name, call in baselines.items():
+            t, verdicts = time_math_verify(batch, call)
+            seconds[name], got[name] = seconds[name] + t, got[name] + verdicts
     figures = {
         "grades_per_s_gsm8k": round(len(gsm8k_rows) / t_gsm8k, 1),
-        "grades_per_s_math": round(len(math_rows) / t_ours, 1),
-        "grades_per_s_math_verify_direct": round(len(math_rows) / t_mv, 1),
-        "ratio_vs_math_verify": round(t_mv / t_ours, 3),
         "agreement_gsm8k": round(agreement(got_gsm8k, gsm8k_rows), 4),
-        "agreement_math": round(agreement(got_ours, math_rows), 4),
-        "agreement_math_verify_direct": round(agreement(got_mv, math_rows), 4),
+        **{f"grades_per_s_math_{name}": round(len(math_rows) / t, 1) for name, t in seconds.items()},
+        **{f"agreement_math_{name}": round(agreement(g, math_rows), 4) for name, g in got.items()},
+        "ratio_vs_math_verify_fair": round(seconds["math_verify_fair"] / seconds["ours"], 3),
+        "ratio_vs_math_verify_bare": round(seconds["math_verify_bare"] / seconds["ours"], 3),
         "rows_gsm8k": len(gsm8k_rows),
         "rows_math": len(math_rows),
         "data": source,
     }
-    print(f"GSM8K ours:          {figures['grades_per_s_gsm8k']:>9.1f} grades/s, "
+    print(f"GSM8K ours:             {figures['grades_per_s_gsm8k']:>9.1f} grades/s, "
           f"agreement with truth {figures['agreement_gsm8k']:.2%}")
-    print(f"MATH  ours:          {figures['grades_per_s_math']:>9.1f} grades/s, "
-          f"agreement with truth {figures['agreement_math']:.2%}")
-    print(f"MATH  math-verify:   {figures['grades_per_s_math_verify_direct']:>9.1f} grades/s, "
-          f"agreement with truth {figures['agreement_math_verify_direct']:.2%}")
-    print(f"ours / math-verify throughput on the same MATH rows: "
-          f"{figures['ratio_vs_math_verify']:.2f}x (target >= 0.9)")
+    for name in seconds:
+        print(f"MATH  {name:<17} {figures[f'grades_per_s_math_{name}']:>9.1f} grades/s, "
+              f"agreement with truth {figures[f'agreement_math_{name}']:.2%}")
+    print(f"ours / math-verify fair throughput on the same MATH rows: "
+          f"{figures['ratio_vs_math_verify_fair']:.2f}x (target >= 0.9); "
+          f"/ bare call: {figures['ratio_vs_math_verify_bare']:.2f}x")
     print(json.dumps(figures))
 
 

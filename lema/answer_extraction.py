@@ -1,8 +1,11 @@
 """Final-answer extraction from free-form solutions, and answer normalisation.
 
-Pure string work (no sympy): pulls the final answer out of model text or a gold solution
-(`#### n`, "The answer is", `\\boxed{}`/`\\fbox{}`, a final `A: n` line, else the last number)
-and rewrites answers into a canonical form before they are compared (see `lema.grading`).
+Pure string work (no sympy): pulls the final answer out of model text or a gold solution and
+rewrites answers into a canonical form before they are compared (see `lema.grading`). The
+answer is the one after the latest marker (`#### n`, "The answer is", a final `A: n` line, the
+last `\\boxed{}`/`\\fbox{}` or a run of boxes that lists several); else the whole text when it
+is itself a final answer (`\\frac{1}{2}`, `$(1, 2)$`, `1,250`); else the last number (numeric
+datasets) or what the text's last sentence states (its last math span or number).
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ from fractions import Fraction
 NUMERIC_DATASETS = ("gsm8k", "synthetic")
 LATEX_DATASETS = ("math", "math500")
 MAX_NUMBER_CHARS = 400  # longer "numbers" are junk (and Python caps int<->str at 4300 digits)
+MAX_BARE_ANSWER_CHARS = 200  # a longer text is a solution, not a final answer on its own
+MAX_SENTENCE_CHARS = 1000  # the tail of a text read for the answer its last sentence states
 
 _NUMBER = r"(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|\.\d+"
 _NUMBER_RE = re.compile(rf"(?:(?<![\w.])-)?(?:{_NUMBER})(?:\s*/\s*(?:{_NUMBER}))?")
@@ -25,7 +30,9 @@ _PHRASE_RE = re.compile(
 _A_LINE_RE = re.compile(r"^[ \t]*A:[ \t]*(\S[^\n]*)$", re.MULTILINE)
 _BOX_BRACE_RE = re.compile(r"\\(?:boxed|fbox)\s*\{|[{}]")
 _BARE_BOX_RE = re.compile(r"\\(?:boxed|fbox)\s+([^\s{$][^\s$]*)")
-_MATH_SPAN_RE = re.compile(r"\$\$(.+?)\$\$|\$(.+?)\$|\\\((.+?)\\\)|\\\[(.+?)\\\]", re.DOTALL)
+_MATH_SPAN_RE = re.compile(
+    r"(?<!\\)\$\$(.+?)(?<!\\)\$\$|(?<!\\)\$(.+?)(?<!\\)\$|\\\((.+?)\\\)|\\\[(.+?)\\\]", re.DOTALL
+)
 _TEXT_WRAP_RE = re.compile(r"^\\(?:text|textbf|mathrm|mbox|textrm|mathbf|textit)\{(.*)\}$")
 _TRAILING_UNIT_RE = re.compile(
     r"(?<=\S)\s*\\(?:text|mbox|mathrm|textrm)\{\s*[a-zA-Z][a-zA-Z .]*\}(?:\^\{?[23]\}?)?$"
@@ -35,17 +42,24 @@ _WORD_UNIT_RE = re.compile(
 )
 _VAR_EQ_RE = re.compile(r"^\s*[a-zA-Z](?:_\{?\w+\}?)?\s*=\s*(?=\S)")
 _CHOICE_RE = re.compile(r"^\(?([A-Ea-e])\)$|^\(([A-Ea-e])\)?$")
-_THOUSANDS_RE = re.compile(r"^-?\d{1,3}(?:,\d{3})+(?:\.\d+)?$")
+_THOUSANDS_RE = re.compile(r"^-?[1-9]\d{0,2}(?:,\d{3})+(?:\.\d+)?$")
+_DECIMAL_COMMA_RE = re.compile(r"^-?\d+,\d+$")
 _FRAC_RE = re.compile(r"^(-?)\\frac\{(-?\d+)\}\{(-?\d+)\}$|^(-?)\\frac(\d)(\d)$")
 _SIMPLE_NUMBER_RE = re.compile(r"^[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:/[-+]?\d+)?$")
+_TEXT_BLOCK_RE = re.compile(r"\\(?:text\w*|math\w+|mbox|operatorname)\s*\{[^{}]*\}|\\[A-Za-z]+")
+_TWO_WORDS_RE = re.compile(r"\b(?:[A-Za-z]+\s+[A-Za-z]{2,}|[A-Za-z]{2,}\s+[A-Za-z]+)\b")
+_LABEL_RE = re.compile(r"^[A-Za-z]{2,}\.?\s+[^A-Za-z\s]")  # "Step 3: 20", "Total 20": a label first
+_MATH_DELIMITER_RE = re.compile(r"(?<!\\)\$|\\[()\[\]]")
+_EQUALS_RE = re.compile(r"(?<![<>!=\\])=(?!=)")
+_BOX_SEPARATOR_RE = re.compile(
+    r"(?:\s|[,;$&]|\\[()\[\],;:! ]|\\q?quad|\\text\{\s*(?:and|or|,)?\s*\}|\band\b|\bor\b)*"
+)
 
 
-def find_last_boxed(text: str) -> tuple[int, str] | None:
-    r"""The start and contents of the last `\boxed{...}` or `\fbox{...}` (nested braces ok).
-
-    One pass over the braces, so a text of many unclosed boxes costs linear time.
-    """
-    found: tuple[int, str] | None = None
+def find_boxes(text: str) -> list[tuple[int, int, str]]:
+    r"""(start, end, content) of every outermost `\boxed{...}`/`\fbox{...}` (nested braces ok)
+    and `\boxed 5`, in order. One pass over the braces: many unclosed boxes cost linear time."""
+    found: list[tuple[int, int, str]] = []
     open_boxes: list[tuple[int, int, int]] = []  # (brace depth, box start, content start)
     depth = 0
     for m in _BOX_BRACE_RE.finditer(text):
@@ -53,41 +67,93 @@ def find_last_boxed(text: str) -> tuple[int, str] | None:
         if token == "}":
             if open_boxes and open_boxes[-1][0] == depth:
                 _, start, content = open_boxes.pop()
-                if found is None or start > found[0]:
-                    found = (start, text[content: m.start()])
+                if not open_boxes:
+                    found.append((start, m.end(), text[content: m.start()]))
             depth = max(0, depth - 1)
             continue
         depth += 1
         if token != "{":
             open_boxes.append((depth, m.start(), m.end()))
-    for m in _BARE_BOX_RE.finditer(text):  # `\boxed 5`
-        if found is None or m.start() > found[0]:
-            found = (m.start(), m.group(1))
-    return found
+    found += [(m.start(), m.end(), m.group(1)) for m in _BARE_BOX_RE.finditer(text)]
+    return sorted(found)
 
 
-def _cut_phrase(span: str) -> str:
-    """The answer in the text after "The answer is": a math span, else up to the sentence end."""
+def find_last_boxed(text: str) -> tuple[int, str] | None:
+    r"""The start and contents of the last outermost `\boxed{...}` or `\fbox{...}`."""
+    boxes = find_boxes(text)
+    return (boxes[-1][0], boxes[-1][2]) if boxes else None
+
+
+def _boxed_answer(text: str) -> tuple[int, str] | None:
+    r"""The last box, or the list of a final run of boxes with only separators between them
+    (`\boxed{1}, \boxed{2}`, `\boxed{-2} \quad \text{and} \quad \boxed{1}` -> "-2, 1")."""
+    boxes = find_boxes(text)
+    if not boxes:
+        return None
+    run = [boxes[-1]]  # from the last box backwards
+    for box in reversed(boxes[:-1]):
+        if not _BOX_SEPARATOR_RE.fullmatch(text[box[1]: run[-1][0]]):
+            break
+        run.append(box)
+    run.reverse()
+    contents = [clean_answer(c) for _, _, c in run]
+    if len(set(contents)) == 1:
+        return run[-1][0], run[-1][2]
+    return run[0][0], ", ".join(contents)
+
+
+def _whole_math_span(text: str) -> str | None:
+    r"""The inside of a text that is exactly one math span (`$..$`, `$$..$$`, `\(..\)`, `\[..\]`)."""
+    m = _MATH_SPAN_RE.fullmatch(text)
+    if not m:
+        return None
+    inner = next(g for g in m.groups() if g is not None)
+    return None if _MATH_DELIMITER_RE.search(inner) else inner
+
+
+def answer_in_sentence(text: str) -> str | None:
+    """The answer a sentence states: its last math span, unless a number follows that span
+    (then that number); without math spans its last number; None when it has neither.
+
+    Only the text's last lines (up to MAX_SENTENCE_CHARS) are read: the final statement is
+    there, and span matching costs quadratic time in the length read.
+    """
+    if len(text) > MAX_SENTENCE_CHARS:
+        tail = text[-MAX_SENTENCE_CHARS:]
+        text = tail[tail.find("\n") + 1:]
+    spans = list(_MATH_SPAN_RE.finditer(text))
+    numbers = list(_NUMBER_RE.finditer(text))
+    if spans and (not numbers or numbers[-1].start() < spans[-1].end()):
+        return clean_answer(spans[-1].group(0)) or None
+    return numbers[-1].group(0) if numbers else None
+
+
+def _cut_phrase(span: str, numeric: bool) -> str:
+    """The answer in the text after "The answer is": a math span, else up to the sentence end
+    (for LaTeX answers, what that sentence states when it is not itself an answer)."""
     span = span.strip()
     m = _MATH_SPAN_RE.match(span)
     if m:
         return next(g for g in m.groups() if g is not None)
     end = re.search(r"\.(?=\s|$)|\n", span)
-    return span[: end.start()] if end else span
+    sentence = span[: end.start()] if end else span
+    if numeric or bare_answer(sentence):
+        return sentence
+    return answer_in_sentence(sentence) or sentence
 
 
-def _marked_answer(text: str, allow_last_number: bool) -> str | None:
+def _marked_answer(text: str, numeric: bool) -> str | None:
     """The answer after the latest marker (`####`, boxed, answer phrase, final `A:` line)."""
     candidates: list[tuple[int, str]] = []
     hashes = list(_HASHES_RE.finditer(text))
     if hashes:
         candidates.append((hashes[-1].start(), hashes[-1].group(1)))
-    boxed = find_last_boxed(text)
+    boxed = _boxed_answer(text)
     if boxed:
         candidates.append(boxed)
     phrases = list(_PHRASE_RE.finditer(text))
     if phrases:
-        candidates.append((phrases[-1].start(), _cut_phrase(text[phrases[-1].end():])))
+        candidates.append((phrases[-1].start(), _cut_phrase(text[phrases[-1].end():], numeric)))
     a_lines = list(_A_LINE_RE.finditer(text))
     if a_lines and not text[a_lines[-1].end():].strip():
         candidates.append((a_lines[-1].start(), a_lines[-1].group(1)))
@@ -95,18 +161,39 @@ def _marked_answer(text: str, allow_last_number: bool) -> str | None:
         answer = clean_answer(answer)
         if answer:
             return answer
-    if allow_last_number:
-        numbers = _NUMBER_RE.findall(text)
-        return numbers[-1] if numbers else None
     return None
+
+
+def bare_answer(text: str) -> str | None:
+    r"""The whole text, cleaned, when it is itself a final answer; else None.
+
+    A final answer is short, and either wholly one math span (`$..$`, `\(..\)`, `\[..\]`) or
+    free of math delimiters; it has no two words in a row outside `\text{}` (a sentence), no
+    leading label ("Step 3: 20"), no line break outside `\begin..\end`, and no `=` after plain
+    arithmetic ("3 + 4 = 7" is working, not an answer). Answers: "(1, 2)", "x^2+1",
+    "$\frac{3}{4}$", "\pi", "x = 5", "Monday", "$80".
+    """
+    s = text.strip()
+    if not s or len(s) > MAX_BARE_ANSWER_CHARS:
+        return None
+    if _whole_math_span(s) is None and _MATH_DELIMITER_RE.search(s.lstrip("$")):  # "$80" is money
+        return None
+    answer = clean_answer(s)
+    words = _TEXT_BLOCK_RE.sub(" ", answer)
+    if not answer or _TWO_WORDS_RE.search(words) or _LABEL_RE.match(words) or (
+            "\n" in answer and "\\begin" not in answer):
+        return None
+    if "=" in answer and not re.search("[A-Za-z]", answer.split("=")[0]):
+        return None
+    return answer
 
 
 def clean_answer(answer: str) -> str:
     """Strip math delimiters, a wrapping box, and trailing punctuation from an answer span."""
     answer = answer.strip()
-    m = _MATH_SPAN_RE.fullmatch(answer)
-    if m:
-        answer = next(g for g in m.groups() if g is not None).strip()
+    inner = _whole_math_span(answer)
+    if inner is not None:
+        answer = inner.strip()
     boxed = find_last_boxed(answer)
     if boxed and boxed[0] == 0 and answer.endswith("}"):
         answer = boxed[1].strip()
@@ -135,8 +222,15 @@ def extract_answer(text: str, dataset: str = "gsm8k") -> str | None:
     Returns:
         The answer string, or None.
     """
-    answer = _marked_answer(text, allow_last_number=True)
-    if answer is None or dataset.lower() not in NUMERIC_DATASETS:
+    numeric = dataset.lower() in NUMERIC_DATASETS
+    answer = _marked_answer(text, numeric) or bare_answer(text)
+    if answer is None:
+        if numeric:
+            numbers = _NUMBER_RE.findall(text)
+            answer = numbers[-1] if numbers else None
+        else:
+            answer = answer_in_sentence(text)
+    if answer is None or not numeric:
         return answer
     return first_number(answer)
 
@@ -146,7 +240,7 @@ def gold_answer(gold: str, dataset: str = "gsm8k") -> str | None:
 
     Returns None when a numeric dataset's gold holds no number or the gold is empty.
     """
-    answer = _marked_answer(gold, allow_last_number=False)
+    answer = _marked_answer(gold, dataset.lower() in NUMERIC_DATASETS)
     if answer is None:
         answer = clean_answer(gold)
     if not answer:
@@ -163,7 +257,10 @@ def parse_number(answer: str) -> Fraction | None:
     """
     if len(answer) > MAX_NUMBER_CHARS:
         return None
-    s = strip_decorations(answer).replace(" ", "")
+    s = strip_decorations(answer)
+    if re.search(r",\s", s):  # "32, 349" is a list, not 32349
+        return None
+    s = s.replace(" ", "")
     if _THOUSANDS_RE.match(s):
         s = s.replace(",", "")
     m = _FRAC_RE.match(s)
@@ -177,6 +274,14 @@ def parse_number(answer: str) -> Fraction | None:
         return Fraction(s)
     except (ValueError, ZeroDivisionError):
         return None
+
+
+def decimal_comma_value(answer: str) -> Fraction | None:
+    """The value of "1,22" read with a European decimal comma; None for anything else, a
+    thousands grouping ("1,000") included. Graders accept it only against a decimal point."""
+    if not _DECIMAL_COMMA_RE.match(answer) or _THOUSANDS_RE.match(answer):
+        return None
+    return Fraction(answer.replace(",", "."))
 
 
 def format_number(value: Fraction) -> str:
@@ -204,14 +309,26 @@ def _decimal(value: Fraction) -> str:
     return f"{sign}{whole}." + "".join(digits)
 
 
+def _drop_variable(s: str) -> str:
+    """`x = 5` -> `5`; an equation between variables (`y = 2x + 3`) stays whole."""
+    m = _VAR_EQ_RE.match(s)
+    if m and re.search("[A-Za-z]", _TEXT_BLOCK_RE.sub("", s[m.end():])):
+        return s
+    return _VAR_EQ_RE.sub("", s)
+
+
 def strip_decorations(answer: str) -> str:
-    r"""Drop what never changes an answer's value: `$`, `\%`, degrees, units, `\left`, `x =`."""
+    r"""Drop what never changes an answer's value: `$`, `\%`, degrees, units, `\left`, `x =`,
+    arithmetic before a final `=`; spell `\dfrac`/`\tfrac`/`\cfrac` as `\frac` and `\sqrt13`
+    as `\sqrt{13}`."""
     s = answer.strip()
-    m = _MATH_SPAN_RE.fullmatch(s)
-    if m:
-        s = next(g for g in m.groups() if g is not None).strip()
-    s = re.sub(r"\\[dt]frac", r"\\frac", s)
+    inner = _whole_math_span(s)
+    if inner is not None:
+        s = inner.strip()
+    s = re.sub(r"\\[dtc]frac", r"\\frac", s)
+    s = re.sub(r"\\sqrt\s*(\d+)", r"\\sqrt{\1}", s)  # `3\sqrt13`: shorthand for 3\sqrt{13}
     s = re.sub(r"\\left\b|\\right\b", "", s)
+    s = re.sub(r",\\!\s*", ",", s)  # `11,\! 111`: a thousands separator
     s = re.sub(r"(?<!\\)\\[!,;: ]|~", " ", s).replace("{,}", ",")
     s = re.sub(r"\^\s*\{?\\circ\}?|°|\\degree", "", s)
     s = re.sub(r"\s*(?:\\%|%|\\text\{\s*\\?%\})$", "", s)
@@ -220,10 +337,14 @@ def strip_decorations(answer: str) -> str:
     s = re.sub(r"\s+(?:dollars?|percent|degrees?|cents?)\.?$", "", s, flags=re.IGNORECASE)
     s = _WORD_UNIT_RE.sub(r"\1", s)
     if s.count("=") == 1 and "," not in s:
-        s = _VAR_EQ_RE.sub("", s)
+        s = _drop_variable(s)
     elif "=" in s and "," in s:
-        parts = [_VAR_EQ_RE.sub("", p) for p in s.split(",")]
+        parts = [_drop_variable(p) for p in s.split(",")]
         s = ",".join(parts) if all("=" not in p for p in parts) else s
+    sides = _EQUALS_RE.split(s)
+    if len(sides) > 1 and not re.search(r"[A-Za-z<>]", _TEXT_BLOCK_RE.sub("", sides[-2])) and \
+            parse_number(sides[-1]) is not None:
+        s = sides[-1].strip()  # "\frac{1}{2} + \frac{1}{3} = \frac{5}{6}": the value it works out
     return re.sub(r"(?:\s*[.;]|\\\.)+$", "", re.sub(r"\s+", " ", s)).strip()
 
 

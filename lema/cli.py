@@ -105,7 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     p_grade = sub.add_parser("grade", help="grade predictions in a JSONL file")
     p_grade.add_argument("input", help='JSONL rows {"prediction", "gold", "dataset"}')
     p_grade.add_argument("-o", "--output", help="output JSONL (default: stdout)")
-    p_grade.add_argument("--mode", choices=MODES, default="robust")
+    p_grade.add_argument("--mode", choices=MODES, default="robust",
+                         help="robust (default) or lema_compat (the LeMa paper's evaluation rules)")
     p_grade.add_argument("--timeout", type=float, default=5.0,
                          help="seconds per comparison before a 'timeout' verdict")
     p_grade.set_defaults(func=_cmd_grade)

@@ -1,34 +1,38 @@
 """The answer grader every stage trusts: extract, normalise, compare, with a hard time bound.
 
-Plain numbers, identical normal forms, choice letters and words are decided in-process
-(no sympy). Everything else goes to `math-verify`, which runs in a persistent worker
-subprocess on that process's main thread (where its signal timeouts work); a call that
-outlives `timeout_s` gets its worker killed and returns a "timeout" verdict, so adversarial
-input never hangs a thread, an asyncio handler or a Ray actor.
+Plain numbers, identical normal forms, choice letters, words, base-n numerals and decimal
+commas are decided in-process (no sympy). Everything else goes to `math-verify`, which runs
+in a persistent worker subprocess on that process's main thread (where its signal timeouts
+work); a call that outlives `timeout_s` gets its worker killed and returns a "timeout"
+verdict, so adversarial input never hangs a thread, an asyncio handler or a Ray actor.
 
-Modes: `robust` (default) and `lema_compat`, which extracts and compares as the LeMa
-paper's evaluation code (derived from MetaMath) does; see `lema.lema_compat_grading`.
+Modes: `robust` (default) and `lema_compat`, which extracts and compares by the rules of the
+LeMa paper's evaluation code (microsoft/LEMA); see `lema.lema_compat_grading`. Both return a
+`Verdict` (`lema.verdict`, re-exported here).
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 
 from lema.answer_extraction import (
     LATEX_DATASETS,
     NUMERIC_DATASETS,
+    decimal_comma_value,
     extract_answer,
     gold_answer,
     normalize_answer,
     parse_number,
 )
+from lema.lema_compat_grading import grade_compat
+from lema.verdict import Verdict
 from lema.verify_worker import verify_latex_pairs
 
 MODES = ("robust", "lema_compat")
 _DATASET_NAME_RE = re.compile(r"^[A-Za-z0-9][\w.\-/]*$")
 _CHOICE_PREFIX_RE = re.compile(r"^(?:\\text(?:bf)?\{)?\(([A-E])\)")
 _WORDS_RE = re.compile(r"^[A-Za-z][A-Za-z ]*$")
+_BASE_NUMBER_RE = re.compile(r"^(\d+)(?:_\{?(\d+)\}?)?$")  # 52_8, 4210_{5}: digits in a base (or none)
 
 __all__ = [
     "Verdict",
@@ -39,16 +43,6 @@ __all__ = [
     "grade_many",
     "normalize_answer",
 ]
-
-
-@dataclass
-class Verdict:
-    """The grade of one prediction against one gold answer."""
-
-    correct: bool
-    predicted_answer: str | None
-    gold_answer: str | None
-    reason: str | None  # None when correct; else "no answer found", "mismatch", "timeout", ...
 
 
 def answer_kind(dataset: str) -> str:
@@ -85,11 +79,19 @@ def _decide_in_process(pred: str, gold: str, kind: str) -> bool | None:
         return True
     p_num = p_num if p_num is not None else parse_number(p_norm)
     g_num = g_num if g_num is not None else parse_number(g_norm)
+    if (p_num is None) != (g_num is None) and "." in p_norm + g_norm:  # 1,22 (European) vs 1.22
+        comma_value = decimal_comma_value(p_norm if p_num is None else g_norm)
+        if comma_value is not None and comma_value == (g_num if p_num is None else p_num):
+            return True
     if p_num is not None and g_num is not None:
         if p_num == g_num:
             return True
         decimals = "." in p_norm or "." in g_norm  # math-verify rounds decimals
         return None if decimals and kind == "latex" else False
+    p_base, g_base = _BASE_NUMBER_RE.match(p_norm), _BASE_NUMBER_RE.match(g_norm)
+    if p_base and g_base and (p_base.group(2) or g_base.group(2)):
+        (p_digits, p_radix), (g_digits, g_radix) = p_base.groups(), g_base.groups()
+        return p_digits == g_digits and (p_radix is None or g_radix is None or p_radix == g_radix)
     if re.fullmatch(r"[A-E]", g_norm):
         m = _CHOICE_PREFIX_RE.match(p_norm)
         if m:
@@ -164,8 +166,6 @@ def grade_many(
     check_mode(mode)
     kinds = [answer_kind(dataset) for _, _, dataset in rows]
     if mode == "lema_compat":
-        from lema.lema_compat_grading import grade_compat
-
         return [grade_compat(p, g, kind) for (p, g, _), kind in zip(rows, kinds)]
     verdicts: list[Verdict | None] = [None] * len(rows)
     to_compare: list[tuple[int, tuple[str, str, str]]] = []

@@ -77,7 +77,9 @@ def test_lema_compat_mode(good_file: Path, tmp_path: Path):
     out = tmp_path / "out.jsonl"
     assert main(["grade", str(good_file), "-o", str(out), "--mode", "lema_compat"]) == 0
     rows = [json.loads(line) for line in out.read_text().splitlines()]
-    assert not any(r["correct"] for r in rows)  # no "The answer is: " marker anywhere
+    # the paper's rules: `####` is no marker; a MATH answer without one is its last box
+    assert [r["correct"] for r in rows] == [False, False, True, False]
+    assert [r["reason"] for r in rows] == ["no answer found", "mismatch", None, "no answer found"]
 
 
 def test_bad_options_exit_with_usage(good_file: Path):
