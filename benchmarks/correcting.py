@@ -28,7 +28,7 @@ from lema.config import load_config  # noqa: E402
 from lema.reference_corrector import reference_correction  # noqa: E402
 from lema.synthetic import generate_problems  # noqa: E402
 from pipelines.correct import CorrectStage, select_inaccurate  # noqa: E402
-from pipelines.pool import make_chunks, run_chunks  # noqa: E402
+from pipelines.pool import run_chunks  # noqa: E402
 from pipelines.stage_io import StageDir  # noqa: E402
 from tests.fakes import FakeBehaviour, FakeOpenAIServer  # noqa: E402
 
@@ -85,13 +85,13 @@ def main(argv: list[str] | None = None) -> dict:
             f"correct.engine.openai.max_concurrency={args.concurrency}",
             f"correct.pool.batch_size={chunk_size}", f"correct.pool.calls_per_actor={args.calls}",
         ])
-        stage = StageDir(tmp, "bench", "correct")
+        stage = StageDir(tmp, "correct")
         todo = select_inaccurate(paths, problems, None)
         t0 = time.perf_counter()
         arrivals = []
-        for _ in run_chunks(stage, make_chunks(todo, chunk_size), CorrectStage,
-                            {"correct": cfg.correct.model_dump(mode="json"), "grading_mode": "robust",
-                             "threads": 1}, cfg.correct.pool, desc="correct"):
+        for _ in run_chunks(stage, todo, "path_id", CorrectStage,
+                            {"correct": cfg.correct.model_dump(mode="json"), "threads": 1},
+                            cfg.correct.pool, desc="correct"):
             arrivals.append(time.perf_counter())
         rows = stage.read_rows()
         max_in_flight = srv.max_in_flight

@@ -6,8 +6,9 @@
 
 What runs:
 - direct: one `build_engine` in this process, one torch thread, `engine.generate` called on the
-  same chunks of problems the stage gets (`make_chunks(rows, pool.batch_size, "g0-")`), with the
-  same per-chunk seeds (`chunk_seed`), the same CoT prompts, model, sampling and engine batch size.
+  same chunks of problems the stage gets (`chunk_items(rows, "id", pool.batch_size, "g0-")`), with
+  the same per-problem seeds (`request_seed`), the same CoT prompts, model, sampling and engine
+  batch size.
   Nothing is graded or written: the gap to the stage is the pipeline's whole overhead (Ray Data,
   grading, records, Parquet parts).
 - stage: `pipelines.sample.run_sample` as the pipeline calls it (Ray Data actor pool through
@@ -180,9 +181,10 @@ def run_direct(args: argparse.Namespace, generator, problems) -> dict[str, Any]:
     """The engine alone, in this process, on the stage's chunks with the stage's seeds."""
     from lema.engines import build_engine
     from lema.prompts import build_cot_messages
-    from pipelines.pool import chunk_seed, make_chunks
+    from lema.sampling import request_seed
+    from pipelines.pool import chunk_items
 
-    chunks = make_chunks([p.to_dict() for p in problems], args.chunk_size, prefix="g0-")
+    chunks = chunk_items([p.to_dict() for p in problems], "id", args.chunk_size, prefix="g0-")
     engine_cfg = generator.engine
     if engine_cfg.backend == "transformers":
         engine_cfg = engine_cfg.model_copy(update={"threads": 1})
@@ -194,11 +196,10 @@ def run_direct(args: argparse.Namespace, generator, problems) -> dict[str, Any]:
         loop0, cpu0 = time.perf_counter(), time.process_time()  # the loop's CPU use, as the actors'
         for chunk in chunks:
             rows = json.loads(chunk["payload"])
-            sampling = generator.sampling.model_copy(
-                update={"seed": chunk_seed(generator.sampling.seed, chunk["chunk_id"])})
             start = time.perf_counter()
             outs = engine.generate([build_cot_messages(r["question"], "cot") for r in rows],
-                                   sampling)
+                                   generator.sampling,
+                                   seeds=[request_seed(generator.sampling.seed, r["id"]) for r in rows])
             times.append((start, time.perf_counter()))
             for row, out in zip(rows, outs):
                 for k, c in enumerate(out.completions):
@@ -219,28 +220,29 @@ def run_stage(args: argparse.Namespace, generator, problems, actors: int,
     """`run_sample` on a fresh actor pool, timed per chunk inside the actors."""
     import pipelines.sample as sample_mod
     from pipelines.pool import read_sides
-    from pipelines.stage_io import StageDir
+    from pipelines.stage_io import RunContext, StageDir
 
     cfg = _lema_config(args, generator, actors, num_gpus)
     with tempfile.TemporaryDirectory(prefix="lema-bench-sampling-") as tmp:
-        stage = StageDir(tmp, "bench", "sample")
+        stage = StageDir(tmp, "sample")
+        ctx = RunContext.from_rows(cfg, tmp, problems=[p.to_dict() for p in problems])
         # run_sample builds its pool from the module's `SampleStage`: point it at the timed
         # subclass for this call only (the class travels to the actors by value).
         sample_mod.SampleStage = TimedSampleStage
         try:
             t0 = time.time()
-            manifest = sample_mod.run_sample(cfg, problems, stage, "bench")
+            manifest = sample_mod.run_sample(ctx, stage, "bench")
             wall = time.time() - t0
         finally:
             sample_mod.SampleStage = SampleStage
         rows = stage.read_rows()
-        sides = {c: stage.read_json(f"chunk-{c}.json") for c in sorted(stage.done_parts())}
-        written = {c: os.stat(stage.part_path(c)).st_mtime for c in sides}
+        sides = {c: stage.file(f"chunk-{c}.json").read_json() for c in sorted(stage.done_parts())}
+        written = {c: os.stat(stage.part(c).path).st_mtime for c in sides}
         assert len(read_sides(stage)) == len(sides)
-    position = {p.id: i for i, p in enumerate(problems)}  # a Path's chunk, as make_chunks cut it
+    chunk_of = {item: c for c, side in sides.items() for item in side["items"]}  # a Path's chunk
     chunk_tokens: dict[str, int] = {}
     for r in rows:
-        cid = f"g0-{position[r['problem_id']] // args.chunk_size:05d}"
+        cid = chunk_of[r["problem_id"]]
         chunk_tokens[cid] = chunk_tokens.get(cid, 0) + int(r["tokens"])
     tokens = sum(chunk_tokens.values())
     assert tokens == manifest["tokens"], (tokens, manifest["tokens"])

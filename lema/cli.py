@@ -1,4 +1,4 @@
-"""The `lema` command: `lema grade IN.jsonl` and `lema run CONFIG key=val ...`."""
+"""`lema grade IN.jsonl [-o OUT.jsonl] [--mode robust|lema_compat]`: grade predictions in a file."""
 
 from __future__ import annotations
 
@@ -91,17 +91,8 @@ def _cmd_grade(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_pipeline(rest: list[str]) -> int:
-    """`lema run ...`: forward the rest of argv to `pipelines.lema.main`."""
-    import pipelines.lema  # heavy (ray); only `lema run` pays for it
-
-    result = pipelines.lema.main(rest)
-    return result if isinstance(result, int) else 0
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lema", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+def add_grade_command(sub: argparse._SubParsersAction) -> None:
+    """The `grade` subcommand, on any `lema` parser's subcommands."""
     p_grade = sub.add_parser("grade", help="grade predictions in a JSONL file")
     p_grade.add_argument("input", help='JSONL rows {"prediction", "gold", "dataset"}')
     p_grade.add_argument("-o", "--output", help="output JSONL (default: stdout)")
@@ -110,20 +101,25 @@ def build_parser() -> argparse.ArgumentParser:
     p_grade.add_argument("--timeout", type=float, default=5.0,
                          help="seconds per comparison before a 'timeout' verdict")
     p_grade.set_defaults(func=_cmd_grade)
-    p_run = sub.add_parser("run", help="run the whole pipeline: lema run CONFIG key=val ...")
-    p_run.add_argument("rest", nargs=argparse.REMAINDER, help="CONFIG and overrides")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lema", description=__doc__)
+    add_grade_command(parser.add_subparsers(dest="command", required=True))
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of the `lema` console script; returns the exit code."""
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["run"] and not {"-h", "--help"} & set(argv[1:2]):
-        return run_pipeline(argv[1:])  # everything after `run` is the pipeline's, options too
-    args = build_parser().parse_args(argv)
+def run_command(parser: argparse.ArgumentParser, argv: list[str]) -> int:
+    """Parse `argv` with `parser` and run the chosen subcommand; returns the exit code."""
+    args = parser.parse_args(argv)
     if args.command == "grade" and args.timeout <= 0:
-        build_parser().error(f"--timeout must be positive, got {args.timeout}")
+        parser.error(f"--timeout must be positive, got {args.timeout}")
     return args.func(args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m lema.cli grade ...` (the `lema` console script adds `run`: pipelines.cli)."""
+    return run_command(build_parser(), sys.argv[1:] if argv is None else list(argv))
 
 
 if __name__ == "__main__":

@@ -91,6 +91,12 @@ def test_bad_options_exit_with_usage(good_file: Path):
 
 
 def test_run_forwards_the_rest_of_argv(capsys):
-    """`lema run` hands everything after `run` to pipelines.lema.main (its exit code too)."""
-    assert main(["run", "no/such/config.yaml", "dry_run=true"]) == 2
+    """`lema run` (the console script's pipelines.cli) hands everything after `run` to
+    pipelines.lema.main (its exit code too); `lema grade` stays lema.cli's."""
+    from pipelines.cli import main as lema_command
+
+    assert lema_command(["run", "no/such/config.yaml", "dry_run=true"]) == 2
     assert "no/such/config.yaml" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        lema_command(["grade", "--help"])
+    assert "--mode" in capsys.readouterr().out

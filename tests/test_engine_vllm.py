@@ -96,3 +96,27 @@ def test_vllm_lora_adapter_changes_outputs(engine, tmp_path):
         assert adapted.generate(PROMPTS, greedy) != engine.generate(PROMPTS, greedy)
     finally:
         adapted.close()
+
+
+def test_vllm_over_long_prompt_fails_alone(engine):
+    long = chat("word " * 3000)  # past max_model_len 2048
+    outs = engine.generate([PROMPTS[0], long, PROMPTS[1]], SamplingConfig(max_tokens=8))
+    assert outs[1].error is not None and "max_model_len" in outs[1].error and not outs[1].completions
+    assert outs[0].error is None and outs[2].error is None
+
+
+def test_vllm_per_request_seeds_follow_the_request(engine):
+    sampled = SamplingConfig(n=1, temperature=1.0, max_tokens=16)
+    alone = engine.generate(PROMPTS[1:2], sampled, seeds=[11])
+    together = engine.generate(PROMPTS, sampled, seeds=[10, 11, 12])
+    assert together[1] == alone[0]
+
+
+def test_vllm_plain_prompts_for_a_model_without_template(tiny_plain_model):
+    plain = build_engine(EngineConfig(backend="vllm", model=tiny_plain_model, vllm=OPTIONS))
+    try:
+        assert plain.prompt_format == "plain"
+        out = plain.generate([chat("Question: 1 + 1?\nAnswer:")], SamplingConfig(max_tokens=8))
+        assert out[0].error is None and out[0].completions[0].tokens > 0
+    finally:
+        plain.close()

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # a Ray head of its own and two jobs: about 90 s
+
 ROOT = Path(__file__).parent.parent
 BIN = Path(sys.executable).parent
 

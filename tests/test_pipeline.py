@@ -100,7 +100,7 @@ def _run_and_kill(out: Path, when) -> None:
         proc.wait()
 
 
-@pytest.mark.parametrize("where", ["boundary", "mid-stage"])
+@pytest.mark.parametrize("where", [pytest.param("boundary", marks=pytest.mark.slow), "mid-stage"])
 def test_killed_run_resumes_to_the_same_records(clean_run, tmp_path, where):
     clean_dir, _ = clean_run
     if where == "boundary":

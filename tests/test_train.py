@@ -95,6 +95,7 @@ def test_adapter_loads_and_changes_greedy_output(trained: TrainResult, tiny_mode
     assert torch.allclose(a, b, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_resumes_after_worker_crash(ray_cluster, tiny_model, tmp_path: Path):
     cfg = _config(tiny_model, max_steps=8, checkpoint_every=3, eval_every=4, max_failures=1,
                   crash_at_step=5)
