@@ -27,6 +27,7 @@ sys.path.insert(0, str(ROOT))
 from lema.config import load_config  # noqa: E402
 from lema.reference_corrector import reference_correction  # noqa: E402
 from lema.synthetic import generate_problems  # noqa: E402
+from pipelines.budget import stage_budget  # noqa: E402
 from pipelines.correct import CorrectStage, select_inaccurate  # noqa: E402
 from pipelines.pool import run_chunks  # noqa: E402
 from pipelines.stage_io import StageDir  # noqa: E402
@@ -89,10 +90,11 @@ def main(argv: list[str] | None = None) -> dict:
         todo = select_inaccurate(paths, problems, None)
         t0 = time.perf_counter()
         arrivals = []
-        for _ in run_chunks(stage, todo, "path_id", CorrectStage,
-                            {"correct": cfg.correct.model_dump(mode="json"), "threads": 1},
-                            cfg.correct.pool, desc="correct"):
-            arrivals.append(time.perf_counter())
+        with stage_budget(cfg.correct.engine) as budget:  # the stage's shared budget, as run_correct
+            for _ in run_chunks(stage, todo, "path_id", CorrectStage,
+                                {"correct": cfg.correct.model_dump(mode="json"), "threads": 1, "budget": budget},
+                                cfg.correct.pool, desc="correct"):
+                arrivals.append(time.perf_counter())
         rows = stage.read_rows()
         max_in_flight = srv.max_in_flight
     ray.shutdown()

@@ -44,7 +44,7 @@ class SharedBudget:
         await self.actor.acquire.remote(tokens)
 
     async def release(self, estimated: float, actual: float | None) -> None:
-        await self.actor.release.remote(estimated, actual)
+        self.actor.release.remote(estimated, actual)  # not awaited: off the request's critical path
 
 
 @contextlib.contextmanager
