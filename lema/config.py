@@ -212,7 +212,8 @@ class CorrectConfig(StrictModel):
     """llm: a model on an engine; reference: rebuilds synthetic problems' gold steps (offline)."""
     engine: EngineConfig = Field(default_factory=EngineConfig)
     sampling: SamplingConfig = Field(default_factory=lambda: SamplingConfig(max_tokens=512))
-    prompt: Literal["zero_shot", "few_shot", "json"] = "few_shot"
+    prompt: Literal["zero_shot", "few_shot", "json", "paper"] = "few_shot"
+    """Corrector prompt: ours (zero_shot, few_shot, json) or the LeMa paper's layout (paper)."""
     k: int = Field(1, ge=1)
     """Corrections tried per path; the first verified one is kept."""
     max_paths: int | None = None
@@ -233,6 +234,13 @@ class DataConfig(StrictModel):
     """Correction examples per CoT example (None: keep all verified corrections)."""
     include_corrections: bool = True
     """False builds the CoT-only baseline."""
+    max_cot: int | None = Field(None, ge=1)
+    """Keep at most N CoT examples, gold solutions first, then sampled correct paths at random
+    (with cot_source both and no corrections: CoT enlarged to a given size, the paper's
+    same-size control)."""
+    correction_prompt: str = "zero_shot"
+    """The corrector prompt whose instructions and layout correction examples take, without its
+    few-shot examples: zero_shot (ours), paper (the LeMa paper's), or a prompt file."""
     decontaminate_ngram: int = Field(13, ge=3)
     """Drop training examples sharing an n-gram of this many words with an eval question."""
     eval_fraction: float = Field(0.05, ge=0.0, lt=1.0)
@@ -251,6 +259,16 @@ class TrainConfig(StrictModel):
     base_model: str | None = None
     """Model to fine-tune (None: the first generator's model)."""
     lora: LoraConfig = Field(default_factory=LoraConfig)
+    init_adapter: str | None = None
+    """Start from this LoRA adapter's weights (any storage URI; same rank and target modules as
+    `lora`), e.g. continue a CoT-tuned adapter on CoT + corrections."""
+    load_in_4bit: bool = False
+    """QLoRA: the frozen base model in 4-bit NF4 with double quantisation (bitsandbytes, GPU
+    only; imported only then)."""
+    optimizer: Literal["adamw", "paged_adamw_32bit"] = "adamw"
+    """adamw (torch), or bitsandbytes' paged AdamW with 32-bit states (the paper's QLoRA runs)."""
+    lr_scheduler: Literal["cosine", "constant"] = "cosine"
+    """Cosine decay after the warmup, or constant after it (the paper's)."""
     learning_rate: float = 2e-4
     epochs: float = 1.0
     max_steps: int | None = None
@@ -316,7 +334,6 @@ class LemaConfig(StrictModel):
     """Run name: outputs go to <output_dir>/<run>/<stage>/."""
     output_dir: str = "runs"
     """Local path or a pyarrow filesystem URI (s3://...)."""
-    seed: int = 0
     dry_run: bool = False
     """Validate the config, print the plan, do nothing."""
     grading_mode: Literal["robust", "lema_compat"] = "robust"
@@ -330,6 +347,15 @@ class LemaConfig(StrictModel):
     train: TrainConfig = Field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
+    reuse: list[str] = Field(default_factory=list)
+    """Other runs under the same output_dir whose finished stages this run takes over (copies)
+    when their hashes match, instead of running them again: ablations on the same samples."""
+
+    @model_validator(mode="after")
+    def _base_model(self) -> LemaConfig:
+        if not self.sample.generators and not self.train.base_model:
+            raise ValueError("sample.generators is empty: set train.base_model (the model to tune)")
+        return self
 
 
 # ---------------------------------------------------------------- loading
@@ -390,17 +416,19 @@ def _defaults_tree(model: type[BaseModel]) -> dict[str, Any]:
 
 
 def load_config(
-    path: str | Path | None = None,
+    path: str | Path | dict[str, Any] | None = None,
     overrides: list[str] | None = None,
     model: type[StrictModel] = LemaConfig,
 ) -> Any:
-    """Load a YAML config (or the defaults), apply overrides, validate.
+    """Load a YAML config (a file, a dict already read, or the defaults), apply overrides, validate.
 
     Raises:
         ConfigError: naming every unknown key and bad value at once.
     """
     tree: dict[str, Any] = {}
-    if path is not None:
+    if isinstance(path, dict):
+        tree, path = path, None
+    elif path is not None:
         p = Path(path)
         if not p.is_file():
             raise ConfigError(f"config file {str(p)!r} does not exist")

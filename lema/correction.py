@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from lema.prompts import ANSWER_LINE, CORRECTION_JSON_SCHEMA, number_steps
+from lema.prompts import ANSWER_LINE, CORRECTION_JSON_SCHEMA, format_numbered, number_steps, split_solution
 
 if TYPE_CHECKING:
     from lema.grading import Verdict
@@ -41,11 +41,24 @@ class ParseFailure:
     reason: str
 
 
-def format_correction_reply(incorrect_step: int, explanation: str, corrected_solution: str) -> str:
-    """A reply in the text format the corrector prompts ask for (and the parser reads)."""
-    return (f"Incorrect Step: Step {incorrect_step}.\n"
-            f"Explanation: {explanation.strip()}\n"
-            f"Correct Solution:\n{corrected_solution.strip()}")
+def format_correction_reply(incorrect_step: int, explanation: str, corrected_solution: str,
+                            layout: str = "lema") -> str:
+    """A reply in the text format the corrector prompts ask for (and the parser reads).
+
+    Args:
+        corrected_solution: the whole corrected solution (steps, then the answer line).
+        layout: `lema` gives the whole corrected solution; `paper` (the LeMa paper's) gives
+            "..." for the steps kept from the original, then the steps from the incorrect one
+            on, the answer line numbered as the last step, all in braces.
+    """
+    head = f"Incorrect Step: Step {incorrect_step}.\nExplanation: {explanation.strip()}\nCorrect Solution:\n"
+    if layout != "paper":
+        return head + corrected_solution.strip()
+    steps, answer_line = split_solution(corrected_solution)
+    fixed = [*steps, *([answer_line] if answer_line else [])][incorrect_step - 1:]
+    lines = ["..."] if incorrect_step > 1 else []
+    lines += [f"Step {i}: {text}" for i, text in enumerate(fixed, start=incorrect_step)]
+    return head + "{\n" + "\n".join(lines) + "\n}"
 
 
 # ---------------------------------------------------------------- headers
@@ -246,6 +259,17 @@ def _parse_json(raw: str) -> tuple[int | None, str, str] | ParseFailure:
     return step, _clean(str(get["explanation"] or "")), solution
 
 
+def _expand_kept_steps(corrected: str, steps: list[str], step: int) -> str:
+    """A whole corrected solution from one in the paper's layout: braces removed, and a leading
+    "..." (the steps kept from the original) replaced by the original steps before `step`."""
+    text = corrected.strip()
+    if text.startswith("{"):
+        text = text[1:].rstrip().removesuffix("}").strip()
+    if text.startswith("..."):
+        text = format_numbered(steps[: step - 1]) + "\n" + text[3:].lstrip("\n .")
+    return text.strip()
+
+
 def parse_correction(
     reply: str, solution: str, dataset: str = "gsm8k"
 ) -> ParsedCorrection | ParseFailure:
@@ -267,9 +291,10 @@ def parse_correction(
     if isinstance(parsed, ParseFailure):
         return parsed
     step, explanation, corrected = parsed
-    n = len(number_steps(solution))
-    if step is None or not 1 <= step <= n:
-        return ParseFailure(f"incorrect_step {step} out of range 1..{n}")
+    steps = number_steps(solution)
+    if step is None or not 1 <= step <= len(steps):
+        return ParseFailure(f"incorrect_step {step} out of range 1..{len(steps)}")
+    corrected = _expand_kept_steps(corrected, steps, step)
     if not corrected:
         return ParseFailure("no corrected solution")
     if not explanation:

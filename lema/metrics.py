@@ -1,4 +1,5 @@
-"""Evaluation metrics over sampled solutions: pass@k (unbiased), majority vote, pass@1.
+"""Evaluation metrics over sampled solutions: pass@k (unbiased), majority vote, pass@1, and the
+statistics that compare two models on the same problems.
 
 pass@k follows Chen et al. 2021 ("Evaluating Large Language Models Trained on Code"): with n
 samples of which c are correct, pass@k = 1 - C(n-c, k) / C(n, k), computed as a product so
@@ -7,6 +8,7 @@ large n does not overflow.
 
 from __future__ import annotations
 
+import math
 import operator
 from collections.abc import Callable, Sequence
 
@@ -100,3 +102,39 @@ def score_samples(
         "pass@k": {k: v / m for k, v in pass_k.items()},
         "majority": majority / m,
     }
+
+
+Z95 = 1.959964  # two-sided 95% normal quantile
+
+
+def wilson_interval(k: int, n: int) -> tuple[float, float]:
+    """The 95% Wilson score interval of a proportion k/n ((0, 0) when n is 0)."""
+    if n == 0:
+        return 0.0, 0.0
+    p, z2 = k / n, Z95**2
+    centre = (p + z2 / (2 * n)) / (1 + z2 / n)
+    half = Z95 * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / (1 + z2 / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def paired_difference(a: dict[str, bool], b: dict[str, bool]) -> dict[str, float | int | tuple[float, float]]:
+    """How much better b solves the problems both were scored on than a does.
+
+    Args:
+        a, b: per problem id, whether each model solved it.
+    Returns:
+        {"n", "diff" (pass@1 of b minus a), "ci95" (paired normal approximation),
+        "mcnemar_p" (exact two-sided binomial test on the discordant problems), "only_a", "only_b"}.
+    """
+    ids = a.keys() & b.keys()
+    n = len(ids)
+    only_b = sum(b[i] and not a[i] for i in ids)
+    only_a = sum(a[i] and not b[i] for i in ids)
+    if n == 0:
+        return {"n": 0, "diff": 0.0, "ci95": (0.0, 0.0), "mcnemar_p": 1.0, "only_a": 0, "only_b": 0}
+    d = (only_b - only_a) / n
+    se = math.sqrt(max(only_a + only_b - (only_b - only_a) ** 2 / n, 0.0)) / n
+    m = only_a + only_b
+    tail = sum(math.comb(m, j) for j in range(min(only_a, only_b) + 1)) / 2**m if m else 1.0
+    return {"n": n, "diff": d, "ci95": (d - Z95 * se, d + Z95 * se), "mcnemar_p": min(1.0, 2 * tail),
+            "only_a": only_a, "only_b": only_b}

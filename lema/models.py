@@ -116,13 +116,15 @@ def resolve_model(name: str) -> str:
     return name
 
 
-def load_model_and_tokenizer(name: str, dtype: str = "auto", device: str = "auto"):
+def load_model_and_tokenizer(name: str, dtype: str = "auto", device: str = "auto", load_in_4bit: bool = False):
     """Load a causal LM and its tokenizer (left padding, a pad token set) for generation/training.
 
     Args:
         name: hub id, local dir, `smollm2-135m` or `tiny[-HxL]`.
         dtype: auto (bf16 on GPU, fp32 on CPU), float32, bfloat16 or float16.
-        device: auto, cpu or cuda.
+        device: auto, cpu, cuda or cuda:N.
+        load_in_4bit: QLoRA's frozen base: NF4 weights with double quantisation, computing in
+            `dtype`, placed on `device` at load (bitsandbytes; GPU only).
     """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -130,12 +132,22 @@ def load_model_and_tokenizer(name: str, dtype: str = "auto", device: str = "auto
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if dtype == "auto":
-        dtype = "bfloat16" if device == "cuda" else "float32"
+        dtype = "bfloat16" if device.startswith("cuda") else "float32"
     path = resolve_model(name)
     tok = AutoTokenizer.from_pretrained(path)
     tok.padding_side = "left"
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype)).to(device)
+    if load_in_4bit:
+        from transformers import BitsAndBytesConfig
+
+        if not device.startswith("cuda"):
+            raise ValueError("load_in_4bit (QLoRA) needs a CUDA GPU")
+        quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                   bnb_4bit_compute_dtype=getattr(torch, dtype))
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype), quantization_config=quant,
+                                                     device_map={"": device})
+    else:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype)).to(device)
     model.eval()
     return model, tok

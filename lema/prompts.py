@@ -1,14 +1,16 @@
 """Prompts (YAML files in lema/prompts, picked by name) and the numbered-step solution format.
 
-Every prompt file holds a `user` template, an optional `system` message and optional few-shot
-`examples` (rendered as earlier user/assistant turns). Templates name their placeholders in
-braces ({question}, {solution}); only those names are substituted, so other braces (LaTeX,
-JSON) stay as written.
+Every prompt file holds a `user` template, an optional `system` message, optional few-shot
+`examples` (rendered as earlier user/assistant turns) and a `layout`. Templates name their
+placeholders in braces ({question}, {solution}); only those names are substituted, so other
+braces (LaTeX, JSON) stay as written.
 
-Solutions travel as numbered steps, one per line, then a final answer line:
+Solutions travel as numbered steps, one per line, then a final answer line (layout `lema`):
     Step 1: ...
     Step 2: ...
     The answer is X.
+The LeMa paper's layout (`paper`) wraps the steps in braces and numbers the answer line too; its
+corrections keep the steps before the wrong one as "..." (see `format_correction_reply`).
 """
 
 from __future__ import annotations
@@ -22,8 +24,9 @@ from typing import Any
 import yaml
 
 PROMPT_DIR = Path(__file__).parent / "prompts"
-CORRECTOR_VARIANTS = ("zero_shot", "few_shot", "json")
+CORRECTOR_VARIANTS = ("zero_shot", "few_shot", "json", "paper")
 ANSWER_LINE = "The answer is {answer}."
+LAYOUTS = ("lema", "paper")
 
 CORRECTION_JSON_SCHEMA: dict[str, Any] = {
     "title": "Correction",
@@ -51,14 +54,16 @@ class PromptTemplate:
     user: str
     system: str | None = None
     examples: list[dict[str, str]] = field(default_factory=list)
+    layout: str = "lema"  # how solutions are written into it (see the module docstring)
 
-    def render(self, **values: str) -> list[dict[str, str]]:
-        """Chat messages: system, few-shot turns, then the user turn with `values` filled in."""
+    def render(self, shots: bool = True, **values: str) -> list[dict[str, str]]:
+        """Chat messages: system, few-shot turns (unless `shots` is False, as for training
+        examples), then the user turn with `values` filled in."""
         messages = [{"role": "system", "content": self.system}] if self.system else []
-        for ex in self.examples:
+        for ex in self.examples if shots else []:
             shot = {k: v for k, v in ex.items() if k != "reply"}
             if "solution" in shot:
-                shot["solution"] = format_solution(shot["solution"])
+                shot["solution"] = format_solution(shot["solution"], layout=self.layout)
             messages.append({"role": "user", "content": _fill(self.user, shot)})
             messages.append({"role": "assistant", "content": ex["reply"].strip()})
         messages.append({"role": "user", "content": _fill(self.user, values)})
@@ -86,10 +91,13 @@ def load_prompt(name: str) -> PromptTemplate:
     data = yaml.safe_load(path.read_text())
     if not isinstance(data, dict) or not isinstance(data.get("user"), str):
         raise ValueError(f"prompt file {str(path)!r} must be a mapping with a `user` template")
-    unknown = set(data) - {"user", "system", "examples"}
+    unknown = set(data) - {"user", "system", "examples", "layout"}
     if unknown:
         raise ValueError(f"prompt file {str(path)!r} has unknown keys {sorted(unknown)}; "
-                         "allowed: user, system, examples")
+                         "allowed: user, system, examples, layout")
+    layout = data.get("layout", "lema")
+    if layout not in LAYOUTS:
+        raise ValueError(f"prompt file {str(path)!r}: layout {layout!r} is not one of {LAYOUTS}")
     kind = "corrector" if path.stem.startswith("corrector") else "cot"
     missing = [f for f in _REQUIRED_FIELDS[kind] if "{" + f + "}" not in data["user"]]
     if missing:
@@ -98,7 +106,7 @@ def load_prompt(name: str) -> PromptTemplate:
     for i, ex in enumerate(examples):
         if not isinstance(ex, dict) or "reply" not in ex:
             raise ValueError(f"prompt file {str(path)!r}: example {i} needs a `reply`")
-    return PromptTemplate(path.stem, data["user"].strip(), data.get("system"), examples)
+    return PromptTemplate(path.stem, data["user"].strip(), data.get("system"), examples, layout)
 
 
 def render_plain(messages: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
@@ -134,8 +142,13 @@ def build_cot_messages(question: str, prompt: str = "cot") -> list[dict[str, str
     return load_prompt(prompt).render(question=question.strip())
 
 
+def corrector_prompt(variant: str) -> PromptTemplate:
+    """A corrector prompt: one of CORRECTOR_VARIANTS, or a prompt name/path of a custom one."""
+    return load_prompt(f"corrector_{variant}" if variant in CORRECTOR_VARIANTS else variant)
+
+
 def build_corrector_messages(
-    question: str, solution: str, variant: str = "few_shot"
+    question: str, solution: str, variant: str = "few_shot", shots: bool = True
 ) -> list[dict[str, str]]:
     """Chat messages asking the corrector to find, explain and fix the first wrong step.
 
@@ -144,9 +157,11 @@ def build_corrector_messages(
         solution: the inaccurate solution, free-form; its steps are numbered here with
             `number_steps`, the same numbering `lema.correction.parse_correction` checks.
         variant: one of CORRECTOR_VARIANTS, or a prompt name/path of a custom corrector prompt.
+        shots: include the prompt's few-shot examples (training examples leave them out).
     """
-    name = f"corrector_{variant}" if variant in CORRECTOR_VARIANTS else variant
-    return load_prompt(name).render(question=question.strip(), solution=format_solution(solution))
+    prompt = corrector_prompt(variant)
+    return prompt.render(shots=shots, question=question.strip(),
+                         solution=format_solution(solution, layout=prompt.layout))
 
 
 # ---------------------------------------------------------------- numbered steps
@@ -228,15 +243,19 @@ def format_numbered(steps: list[str]) -> str:
     return "\n".join(f"Step {i}: {step.strip()}" for i, step in enumerate(steps, 1))
 
 
-def format_solution(solution: str, answer: str | None = None) -> str:
+def format_solution(solution: str, answer: str | None = None, layout: str = "lema") -> str:
     """A free-form solution rewritten as numbered steps plus its final answer line.
 
     Args:
         solution: any solution text (model output, GSM8K or MATH gold solution).
         answer: when given, the answer line is "The answer is <answer>."; otherwise the
             solution's own answer line is kept (if it has one).
+        layout: `lema` (the answer line unnumbered) or `paper` (the answer line numbered as the
+            last step, everything in braces).
     """
     steps, answer_line = split_solution(solution)
     if answer is not None:
         answer_line = ANSWER_LINE.format(answer=answer)
+    if layout == "paper":
+        return "{\n" + format_numbered(steps + ([answer_line] if answer_line else [])) + "\n}"
     return "\n".join(x for x in (format_numbered(steps), answer_line) if x)

@@ -164,15 +164,23 @@ def build_lora_model(model: Any, lora: LoraConfig) -> Any:
 
 
 def build_optimizer_and_scheduler(
-    model: torch.nn.Module, learning_rate: float, weight_decay: float, plan: TrainPlan
+    model: torch.nn.Module, learning_rate: float, weight_decay: float, plan: TrainPlan,
+    optimizer: str = "adamw", scheduler: str = "cosine",
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
-    """AdamW over the trainable parameters, cosine decay after a linear warmup."""
-    from transformers import get_cosine_schedule_with_warmup
+    """AdamW over the trainable parameters (torch's, or bitsandbytes' paged 32-bit one), and a
+    linear warmup then cosine decay or a constant rate."""
+    from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup
 
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=weight_decay)
-    scheduler = get_cosine_schedule_with_warmup(optimizer, plan.warmup_steps, plan.total_steps)
-    return optimizer, scheduler
+    if optimizer == "paged_adamw_32bit":
+        import bitsandbytes as bnb
+
+        opt: torch.optim.Optimizer = bnb.optim.PagedAdamW32bit(params, lr=learning_rate, weight_decay=weight_decay)
+    else:
+        opt = torch.optim.AdamW(params, lr=learning_rate, weight_decay=weight_decay)
+    if scheduler == "constant":
+        return opt, get_constant_schedule_with_warmup(opt, plan.warmup_steps)
+    return opt, get_cosine_schedule_with_warmup(opt, plan.warmup_steps, plan.total_steps)
 
 
 # ---------------------------------------------------------------- steps
@@ -350,6 +358,22 @@ def save_training_state(
     (out / HISTORY_FILE).write_text(json.dumps(history))
 
 
+def load_adapter_weights(model: Any, adapter_dir: str | Path) -> None:
+    """Put a saved adapter's weights into `model`'s LoRA adapter (same rank and targets).
+
+    Raises:
+        ValueError: the saved adapter has weights this model's adapter lacks.
+    """
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    weights = load_file(str(Path(adapter_dir) / "adapter_model.safetensors"))
+    result = set_peft_model_state_dict(model, weights)
+    if result.unexpected_keys:
+        raise ValueError(f"adapter {adapter_dir} has weights this model's adapter lacks "
+                         f"(another rank or target modules?): {result.unexpected_keys[:5]}")
+
+
 def load_training_state(
     ckpt_dir: str | Path,
     model: Any,
@@ -361,15 +385,8 @@ def load_training_state(
     Returns:
         (step, history, extra).
     """
-    from peft import set_peft_model_state_dict
-    from safetensors.torch import load_file
-
     src = Path(ckpt_dir)
-    weights = load_file(str(src / ADAPTER_DIR / "adapter_model.safetensors"))
-    result = set_peft_model_state_dict(model, weights)
-    if result.unexpected_keys:
-        raise ValueError(f"checkpoint {src} has adapter keys this model lacks: "
-                         f"{result.unexpected_keys[:5]}")
+    load_adapter_weights(model, src / ADAPTER_DIR)
     state = torch.load(src / STATE_FILE, weights_only=False)
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])

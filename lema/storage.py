@@ -133,6 +133,11 @@ class Storage:
         pafs.copy_files(os.fspath(local_dir), self.path, source_filesystem=pafs.LocalFileSystem(),
                         destination_filesystem=self.fs)
 
+    def copy_to(self, dest: Storage) -> None:
+        """Copy this directory's contents into `dest` (any filesystem)."""
+        dest.mkdir()
+        pafs.copy_files(self.path, dest.path, source_filesystem=self.fs, destination_filesystem=dest.fs)
+
     def local_dir(self, cache: str | os.PathLike | None = None) -> str:
         """This directory on the local disk: itself when local, else a copy downloaded once into
         `cache` (default: the lema cache), named by the URI's hash, so each node fetches it once."""

@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 
 from lema.config import DataConfig
 from lema.correction import format_correction_reply
-from lema.prompts import build_corrector_messages, build_cot_messages, format_solution
+from lema.prompts import build_corrector_messages, build_cot_messages, corrector_prompt, format_solution
 from lema.records import Correction, Example, Path, Problem, stable_id
 from lema.storage import Storage
 
@@ -34,6 +34,7 @@ def cot_example(
     solution: str,
     answer: str | None = None,
     source_ids: list[str] | None = None,
+    prompt: str = "cot",
 ) -> Example:
     """A CoT example: the CoT prompt for `question`, answered by `solution` as numbered steps.
 
@@ -41,16 +42,20 @@ def cot_example(
         answer: the final answer line's X; None keeps the solution's own answer line
             ("#### n" becomes "The answer is n.").
         source_ids: lineage (default: [problem_id]).
+        prompt: the CoT prompt the tuned model will be sampled and evaluated with.
     """
     target = format_solution(solution, answer)
-    messages = build_cot_messages(question) + [{"role": "assistant", "content": target}]
+    messages = build_cot_messages(question, prompt) + [{"role": "assistant", "content": target}]
     return Example(id=stable_id("cot", problem_id, target), kind="cot", messages=messages,
                    source_ids=source_ids or [problem_id])
 
 
-def correction_example(correction: Correction) -> Example:
+def correction_example(correction: Correction, prompt: str = "zero_shot") -> Example:
     """A correction example from a (verified) Correction with its question and solution.
 
+    Args:
+        prompt: the corrector prompt whose instructions and layout the example takes (its
+            few-shot examples left out).
     Raises:
         ValueError: the correction lacks its question, solution, incorrect step or fix.
     """
@@ -63,8 +68,9 @@ def correction_example(correction: Correction) -> Example:
         raise ValueError(f"correction of path {c.path_id!r} cannot make an example: "
                          f"missing {', '.join(missing)}")
     assert c.incorrect_step is not None
-    target = format_correction_reply(c.incorrect_step, c.explanation, c.corrected_solution)
-    messages = build_corrector_messages(c.question, c.solution, "zero_shot")
+    layout = corrector_prompt(prompt).layout
+    target = format_correction_reply(c.incorrect_step, c.explanation, c.corrected_solution, layout)
+    messages = build_corrector_messages(c.question, c.solution, prompt, shots=False)
     messages.append({"role": "assistant", "content": target})
     return Example(id=stable_id("correction", c.path_id, target), kind="correction",
                    messages=messages, source_ids=[c.problem_id, c.path_id])
@@ -108,6 +114,7 @@ def build_examples(
     corrections: list[Correction],
     eval_questions: list[str],
     cfg: DataConfig,
+    cot_prompt: str = "cot",
 ) -> tuple[list[Example], list[Example], dict[str, Any]]:
     """The training set: CoT + verified corrections, mixed, deduplicated, decontaminated, split.
 
@@ -116,7 +123,8 @@ def build_examples(
         paths: sampled paths; correct ones are CoT examples for cot_source sampled/both.
         corrections: corrections; verified ones become correction examples.
         eval_questions: questions of every eval set, for n-gram decontamination.
-        cfg: the data config (sources, ratio, n-gram size, held-out fraction, seed).
+        cfg: the data config (sources, ratio, cap, n-gram size, held-out fraction, seed).
+        cot_prompt: the CoT prompt of CoT examples (the one the model is evaluated with).
     Returns:
         (train, held_out, stats); held_out examples carry split="eval". Problems are never
         split across the two, so a held-out question is unseen in training.
@@ -125,12 +133,14 @@ def build_examples(
     path_text = {p.path_id: p.text for p in paths}
     stats: dict[str, Any] = {"cot_no_solution": 0, "correction_incomplete": 0}
     cot: list[tuple[str, Example]] = []  # (question, example)
+    gold_ids: set[str] = set()  # CoT examples from gold solutions (a cap keeps these first)
     if cfg.cot_source in ("gold", "both"):
         for p in problems:
             if not p.solution:
                 stats["cot_no_solution"] += 1
                 continue
-            cot.append((p.question, cot_example(p.id, p.question, p.solution, p.answer)))
+            cot.append((p.question, cot_example(p.id, p.question, p.solution, p.answer, prompt=cot_prompt)))
+            gold_ids.add(cot[-1][1].id)
     if cfg.cot_source in ("sampled", "both"):
         for path in paths:
             if not path.correct or path.error:
@@ -139,7 +149,7 @@ def build_examples(
             question = path.question or (problem.question if problem else "")
             answer = path.answer or (problem.answer if problem else None)
             cot.append((question, cot_example(path.problem_id, question, path.text, answer or None,
-                                              [path.problem_id, path.path_id])))
+                                              [path.problem_id, path.path_id], prompt=cot_prompt)))
     fixes: list[tuple[str, Example]] = []
     if cfg.include_corrections:
         for c in corrections:
@@ -150,7 +160,7 @@ def build_examples(
                 c, question=c.question or (problem.question if problem else ""),
                 solution=c.solution or path_text.get(c.path_id, ""))
             try:
-                fixes.append((c.question, correction_example(c)))
+                fixes.append((c.question, correction_example(c, cfg.correction_prompt)))
             except ValueError:
                 stats["correction_incomplete"] += 1
 
@@ -170,6 +180,11 @@ def build_examples(
         kept[ex.kind].append((question, ex))
 
     rng = random.Random(cfg.seed)
+    if cfg.max_cot is not None and len(kept["cot"]) > cfg.max_cot:  # gold first, then sampled at random
+        gold = [qe for qe in kept["cot"] if qe[1].id in gold_ids]
+        sampled = [qe for qe in kept["cot"] if qe[1].id not in gold_ids]
+        stats["cot_dropped_by_cap"] = len(kept["cot"]) - cfg.max_cot
+        kept["cot"] = (gold + rng.sample(sampled, len(sampled)))[: cfg.max_cot]
     chosen_fixes = kept["correction"]
     if cfg.correction_ratio is not None:
         want = min(len(chosen_fixes), round(cfg.correction_ratio * len(kept["cot"])))

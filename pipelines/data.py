@@ -23,7 +23,7 @@ def run_data(ctx: RunContext, stage: StageDir, stage_hash: str) -> dict[str, Any
         [Problem.from_dict(p) for p in ctx.rows("problems")],
         [Path.from_dict(p) for p in ctx.rows("sample")],
         [Correction.from_dict(c) for c in ctx.rows("correct")],
-        eval_questions, ctx.cfg.data,
+        eval_questions, ctx.cfg.data, cot_prompt=ctx.cfg.sample.prompt,  # the prompt it is evaluated with
     )
     write_examples(train, stage.file("train.jsonl").uri)
     write_examples(held_out, stage.file("held_out.jsonl").uri)

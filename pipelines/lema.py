@@ -64,7 +64,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("sample", ("problems",), lambda c: c.cfg.sample, run_sample),
     Stage("correct", ("problems", "sample"), lambda c: c.cfg.correct, run_correct),
     Stage("data", ("problems", "sample", "correct"),
-          lambda c: {"data": c.cfg.data, "eval": c.cfg.evaluate.datasets}, run_data),
+          lambda c: {"data": c.cfg.data, "eval": c.cfg.evaluate.datasets, "prompt": c.cfg.sample.prompt}, run_data),
     Stage("train", ("data",), lambda c: {"train": c.cfg.train, "base": c.base_model}, run_train),
     Stage("evaluate", ("train",),
           lambda c: {"evaluate": c.cfg.evaluate, "prompt": c.cfg.sample.prompt, "base": c.base_model},
@@ -94,6 +94,16 @@ def begin(stage: StageDir, digest: str, redo: bool) -> bool:
     return True
 
 
+def take_over(stage: StageDir, others: list[StageDir], digest: str) -> None:
+    """Copy the first of `others` that finished this stage under the same hash into `stage`."""
+    for other in others:
+        if other.is_complete(digest):
+            stage.clear()
+            other.dir.copy_to(stage.dir)
+            _log(f"{stage.stage}: taken over from {other.uri} (same config)")
+            return
+
+
 def main_pipeline(cfg: LemaConfig, from_stage: str | None = None, until: str | None = None) -> str:
     """Run (or resume) the loop, through `until` if given; returns the report's URI (or, when
     stopping early, the last stage's directory)."""
@@ -105,6 +115,8 @@ def main_pipeline(cfg: LemaConfig, from_stage: str | None = None, until: str | N
     for i, stage in enumerate(STAGES):
         digest = ctx.hashes[stage.name] = stage_hash(ctx, stage)
         out = ctx.dir(stage.name)
+        if i < redo_from and not out.is_complete(digest):
+            take_over(out, [StageDir(run_dir.parent.join(other), stage.name) for other in cfg.reuse], digest)
         if begin(out, digest, redo=i >= redo_from):
             start = time.perf_counter()
             manifest = stage.run(ctx, out, digest)

@@ -1,23 +1,46 @@
-"""Joining or starting the Ray cluster a job runs on."""
+"""Joining or starting the Ray cluster a job runs on, with a log a person can read."""
 
 from __future__ import annotations
 
+import logging
 import os
 
 from lema.config import LemaConfig
 
+# Ray Train's placement-group cleaner warns every few seconds when the State API is slow or off,
+# and prints a traceback when its own stop times out on a busy machine; neither affects the run
+# (a detached cleaner still removes the placement group), so a person reading the log need not see them.
+_NOISY_LOGGERS = ("ray.train.v2._internal.execution.controller.placement_group_cleaner",
+                  "ray.train.v2._internal.callbacks.placement_group_callback")
+
+
+def quiet_worker_logs() -> None:
+    """Runs in every Ray worker process at start (`worker_process_setup_hook`). A filter, not a
+    level: Ray Train's logging setup resets the levels of the loggers under `ray.train`."""
+    for name in _NOISY_LOGGERS:
+        logging.getLogger(name).addFilter(lambda record: record.levelno >= logging.CRITICAL)
+
 
 def init_ray(cfg: LemaConfig) -> None:
-    """Join the cluster of `ray job submit` (RAY_ADDRESS) or cfg.ray.address, else start locally."""
+    """Join the cluster of `ray job submit` (RAY_ADDRESS) or cfg.ray.address, else start locally.
+
+    Ray Data's own progress bars and plan printouts are off: every stage shows one progress bar
+    of its own (items done) and ends with a line of figures.
+    """
     import ray
+    import ray.data
 
     if ray.is_initialized():
         return
     env = {"env_vars": {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": os.environ.get(
-        "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")}}
+        "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")},
+        "worker_process_setup_hook": "pipelines.ray_setup.quiet_worker_logs"}
     address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address, runtime_env=env, log_to_driver=True)
     else:
         # address="local": a fresh local cluster, never some other process's
-        ray.init(address="local", num_cpus=cfg.ray.num_cpus, include_dashboard=False, runtime_env=env)
+        ray.init(address="local", num_cpus=cfg.ray.num_cpus, runtime_env=env)
+    data = ray.data.DataContext.get_current()
+    data.enable_progress_bars = False
+    data.print_on_execution_start = False

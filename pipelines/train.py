@@ -125,20 +125,31 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     # ---- model and data
     dtype = "bfloat16" if device.type == "cuda" else "float32"
-    base, tokenizer = load_model_and_tokenizer(cfg.base_model, dtype=dtype, device="cpu")
+    # on the CPU, then prepare_model moves it to this worker's device; a 4-bit model loads there
+    base, tokenizer = load_model_and_tokenizer(cfg.base_model, dtype=dtype, load_in_4bit=cfg.load_in_4bit,
+                                               device=str(device) if cfg.load_in_4bit else "cpu")
     prompt_format = resolve_prompt_format(cfg.prompt_format, tokenizer, cfg.base_model)
     train_chats, eval_chats = ray.get(config["data"])
     train_features, dropped = sft.tokenize_chats(train_chats, tokenizer, cfg.max_seq_len, prompt_format)
     eval_features, _ = sft.tokenize_chats(eval_chats, tokenizer, cfg.max_seq_len, prompt_format)
-    if cfg.gradient_checkpointing:
+    if cfg.load_in_4bit:  # QLoRA: norms in fp32, inputs that carry gradients to the adapter
+        from peft import prepare_model_for_kbit_training
+
+        base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=cfg.gradient_checkpointing)
+    elif cfg.gradient_checkpointing:
         base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         base.enable_input_require_grads()  # the frozen embeddings must pass gradients to LoRA
     model = sft.build_lora_model(base, cfg.lora)
-    wrapped = ray.train.torch.prepare_model(model)  # to device; DDP when world > 1
+    if cfg.init_adapter is not None:  # continue from a saved adapter (e.g. a CoT-tuned start)
+        from lema.storage import local_path
+
+        sft.load_adapter_weights(model, local_path(cfg.init_adapter))
+    # to the device (a 4-bit model is placed at load); DDP when world > 1
+    wrapped = ray.train.torch.prepare_model(model, move_to_device=not cfg.load_in_4bit)
     plan = sft.plan_training(len(train_features), cfg.batch_size, cfg.grad_accum, cfg.epochs,
                              cfg.max_steps, cfg.warmup_ratio, world)
     optimizer, scheduler = sft.build_optimizer_and_scheduler(
-        model, cfg.learning_rate, cfg.weight_decay, plan)
+        model, cfg.learning_rate, cfg.weight_decay, plan, cfg.optimizer, cfg.lr_scheduler)
 
     # ---- resume from the last checkpoint, if this is a restart (or a re-run of the same name)
     start, history, extra = 0, [], {"restarts": 0}
@@ -285,7 +296,11 @@ def run_train(ctx: RunContext, stage: StageDir, stage_hash: str) -> dict[str, An
     cfg = ctx.cfg.train.model_copy(update={"base_model": ctx.base_model})
     result = run_training(data.file("train.jsonl").uri, cfg, stage.dir, RUN_NAME,
                           eval_path=data.file("held_out.jsonl").uri)
-    return stage.write_manifest(stage_hash, **result.to_manifest(), history=result.history)
+    adapter = stage.file("adapter")  # a stable place: <run>/train/adapter
+    adapter.delete_contents()
+    Storage(result.adapter_dir).copy_to(adapter)
+    figures = {**result.to_manifest(), "adapter_dir": adapter.uri, "checkpoint_adapter_dir": result.adapter_dir}
+    return stage.write_manifest(stage_hash, **figures, history=result.history)
 
 
 # ---------------------------------------------------------------- main

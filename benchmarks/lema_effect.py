@@ -1,0 +1,261 @@
+"""The LeMa effect, measured: CoT + verified corrections vs CoT alone vs CoT of the same size.
+
+    .venv/bin/python benchmarks/lema_effect.py            # SmolLM2-135M on CPU, about an hour on 2 quiet cores
+    .venv/bin/python benchmarks/lema_effect.py --quick    # a tiny random model: the mechanics, a few minutes
+    .venv/bin/python benchmarks/lema_effect.py --config configs/gsm8k_lema.yaml --start-steps 0   # a cluster
+
+Everything runs through the loop itself (`pipelines.lema.main_pipeline`), one run per arm, on the
+same problems, the same sampled mistakes (`reuse`: the arms take over the sample and correct
+stages of the first arm) and the same held-out test problems:
+- start: a LoRA on gold CoT from the base model (`--start-steps`; the paper's generators already
+  reason step by step, a 135M model does not); its evaluation also gives the base model's score.
+- mistakes: the start model samples `--paths` solutions per training problem; the wrong ones go
+  to the config's corrector (the reference corrector on synthetic problems).
+- arms, each continuing from the start adapter: (a) cot = gold CoT; (b) lema = gold CoT +
+  verified corrections; (c) cot_same_size = gold CoT + correct sampled paths, as many examples
+  as (b) has (the paper's control for data size).
+- two protocols: equal epochs (the paper's: every arm trains `--epochs` over its own data, so
+  (b) and (c) take more steps) and equal steps (every arm takes (a)'s step count).
+Reported: pass@1 per arm with 95% Wilson intervals; the paired differences (b)-(a) and (b)-(c)
+with 95% intervals and an exact McNemar p-value; corrections used; wall time per stage. A table
+and a bar plot go into <output_dir>/<prefix>-report/report.md. The last line printed is one JSON
+object (its headline figures are the equal-epochs protocol; `equal_steps` holds the other).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from lema.config import LemaConfig, load_config  # noqa: E402
+from lema.metrics import paired_difference, wilson_interval  # noqa: E402
+from lema.storage import Storage  # noqa: E402
+from pipelines.lema import STAGE_NAMES, main_pipeline  # noqa: E402
+from pipelines.stage_io import StageDir  # noqa: E402
+
+ARMS = ("cot", "lema", "cot_same_size")
+
+
+# ---------------------------------------------------------------- settings
+def default_config(quick: bool) -> dict[str, Any]:
+    """The CPU experiment (SmolLM2-135M, synthetic 2-3 step problems); --quick: a tiny model."""
+    model = "tiny-128x2" if quick else "smollm2-135m"
+    pool = {"min_actors": 2, "max_actors": 2, "num_cpus": 1, "batch_size": 16}
+    return {
+        "output_dir": "runs", "ray": {"num_cpus": 4},
+        "problems": {"kind": "synthetic", "count": 16 if quick else 120, "levels": [2, 3]},
+        "sample": {"generators": [{"engine": {"model": model, "batch_size": 8},
+                                   "sampling": {"n": 4, "temperature": 0.8, "max_tokens": 48 if quick else 96}}],
+                   "pool": {**pool, "batch_size": 8}},
+        "correct": {"corrector": "reference"},
+        "data": {"cot_source": "gold", "eval_fraction": 0.0},
+        "train": {"base_model": model, "lora": {"r": 16, "alpha": 32, "dropout": 0.0}, "learning_rate": 5e-4,
+                  "batch_size": 4, "max_seq_len": 512, "torch_threads": 2, "eval_every": 1000,
+                  "checkpoint_every": 1000},
+        "evaluate": {"datasets": [{"kind": "synthetic", "split": "test", "count": 16 if quick else 300,
+                                   "levels": [2, 3]}],
+                     "sampling": {"n": 1, "temperature": 0.0, "max_tokens": 48 if quick else 96},
+                     "engine": {"batch_size": 16}, "pool": pool},
+    }
+
+
+def derive(base: dict[str, Any], run: str, **parts: dict[str, Any]) -> LemaConfig:
+    """The base config with `run` and some top-level parts updated (one level deep)."""
+    cfg = json.loads(json.dumps(base))
+    cfg["run"] = run
+    for key, update in parts.items():
+        cfg[key] = {**cfg.get(key, {}), **update} if isinstance(update, dict) else update
+    return LemaConfig.model_validate(cfg)
+
+
+# ---------------------------------------------------------------- statistics
+def score(verdicts: dict[str, bool]) -> dict[str, Any]:
+    """pass@1 and its 95% Wilson interval."""
+    k, n = sum(verdicts.values()), len(verdicts)
+    return {"pass1": round(k / n, 4) if n else 0.0, "ci95": [round(x, 4) for x in wilson_interval(k, n)], "n": n}
+
+
+def paired(a: dict[str, bool], b: dict[str, bool]) -> dict[str, Any]:
+    """b - a on the same problems, rounded for the report."""
+    d = paired_difference(a, b)
+    return {**d, "diff": round(d["diff"], 4), "ci95": [round(x, 4) for x in d["ci95"]],
+            "mcnemar_p": round(d["mcnemar_p"], 4)}
+
+
+# ---------------------------------------------------------------- runs
+def run_arm(cfg: LemaConfig) -> dict[str, Any]:
+    """Run one arm through the loop; its per-problem verdicts, manifests and wall times."""
+    t0 = time.perf_counter()
+    main_pipeline(cfg)
+    run_dir = Storage(cfg.output_dir).join(cfg.run)
+    manifests = {s: StageDir(run_dir, s).manifest() or {} for s in STAGE_NAMES}
+    verdicts: dict[str, dict[str, bool]] = {}
+    for row in StageDir(run_dir, "evaluate").read_rows():
+        variant = row["generator"].rsplit("+", 1)[-1]
+        verdicts.setdefault(variant, {})[row["problem_id"]] = bool(row["correct"])
+    return {"run": cfg.run, "verdicts": verdicts, "manifests": manifests,
+            "wall_s": {s: m.get("wall_s") for s, m in manifests.items()}, "total_s": time.perf_counter() - t0}
+
+
+def experiment(base: dict[str, Any], prefix: str, start_steps: int, epochs: float, paths: int) -> dict[str, Any]:
+    """All arms, both protocols; returns every run's results by name."""
+    runs: dict[str, dict[str, Any]] = {}
+    generators = base["sample"]["generators"]
+    arm_train: dict[str, Any] = {"epochs": epochs, "max_steps": None}
+    if start_steps:
+        start = derive(base, f"{prefix}-start", sample={"generators": []},
+                       data={"include_corrections": False},
+                       train={"max_steps": start_steps}, evaluate={"base": True})
+        runs["start"] = run_arm(start)
+        adapter = runs["start"]["manifests"]["train"]["adapter_dir"]
+        generators = [{**g, "engine": {**g["engine"], "adapter": adapter}} for g in generators]
+        arm_train["init_adapter"] = adapter
+    sample = {"generators": [{**g, "sampling": {**g["sampling"], "n": paths}} for g in generators]}
+    first = f"{prefix}-lema"
+
+    def arm(name: str, data: dict[str, Any], train: dict[str, Any], with_base: bool = False) -> None:
+        cfg = derive(base, f"{prefix}-{name}", sample=sample, data=data, train={**arm_train, **train},
+                     evaluate={"base": with_base}, reuse=[first] if name != "lema" else [])
+        runs[name] = run_arm(cfg)
+
+    arm("lema", {"include_corrections": True}, {}, with_base=not start_steps)
+    lema_data = runs["lema"]["manifests"]["data"]
+    arm("cot", {"include_corrections": False}, {})
+    same_size = {"include_corrections": False, "cot_source": "both",
+                 "max_cot": lema_data["cot"] + lema_data["correction"]}
+    arm("cot_same_size", same_size, {})
+    steps = runs["cot"]["manifests"]["train"]["steps"]  # equal steps: (a)'s count for every arm
+    arm("lema-equal-steps", {"include_corrections": True}, {"max_steps": steps})
+    arm("cot_same_size-equal-steps", same_size, {"max_steps": steps})
+    return runs
+
+
+def summarize(runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    base_run = runs.get("start") or runs["lema"]
+    base = base_run["verdicts"]["base"]
+    n = len(base)
+
+    def protocol(lema: str, same: str) -> dict[str, Any]:
+        a = runs["cot"]["verdicts"]["adapter"]
+        b = runs[lema]["verdicts"]["adapter"]
+        c = runs[same]["verdicts"]["adapter"]
+        return {"arms": {"base": score(base), "cot": score(a), "lema": score(b), "cot_same_size": score(c)},
+                "lema_minus_cot": paired(a, b), "lema_minus_cot_same_size": paired(c, b),
+                "steps": {"cot": runs["cot"]["manifests"]["train"]["steps"],
+                          "lema": runs[lema]["manifests"]["train"]["steps"],
+                          "cot_same_size": runs[same]["manifests"]["train"]["steps"]},
+                "examples": {arm: runs[r]["manifests"]["data"]["train"]
+                             for arm, r in (("cot", "cot"), ("lema", lema), ("cot_same_size", same))}}
+
+    epochs = protocol("lema", "cot_same_size")
+    steps = protocol("lema-equal-steps", "cot_same_size-equal-steps")
+    corr = runs["lema"]["manifests"]["correct"]
+    out = {
+        "protocol": "equal_epochs",
+        "pass1_base": epochs["arms"]["base"]["pass1"],
+        "pass1_start": score(runs["start"]["verdicts"]["adapter"])["pass1"] if "start" in runs else None,
+        "pass1_cot": epochs["arms"]["cot"]["pass1"],
+        "pass1_lema": epochs["arms"]["lema"]["pass1"],
+        "pass1_cot_same_size": epochs["arms"]["cot_same_size"]["pass1"],
+        "lema_minus_cot": epochs["lema_minus_cot"]["diff"],
+        "lema_minus_cot_ci95": epochs["lema_minus_cot"]["ci95"],
+        "lema_minus_cot_p": epochs["lema_minus_cot"]["mcnemar_p"],
+        "lema_minus_cot_same_size": epochs["lema_minus_cot_same_size"]["diff"],
+        "lema_minus_cot_same_size_ci95": epochs["lema_minus_cot_same_size"]["ci95"],
+        "lema_minus_cot_same_size_p": epochs["lema_minus_cot_same_size"]["mcnemar_p"],
+        "n_test": n,
+        "n_corrections": runs["lema"]["manifests"]["data"]["correction"],
+        "inaccurate_paths": corr.get("attempted", 0),
+        "equal_epochs": epochs,
+        "equal_steps": steps,
+        "wall_s": {name: {**{k: v for k, v in r["wall_s"].items() if v is not None}, "total": round(r["total_s"], 1)}
+                   for name, r in runs.items()},
+    }
+    return out
+
+
+# ---------------------------------------------------------------- report
+def write_report(result: dict[str, Any], where: Storage) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    lines = ["# The LeMa effect", "",
+             f"{result['n_test']} held-out test problems, the same for every arm; "
+             f"{result['n_corrections']} verified corrections (of {result['inaccurate_paths']} inaccurate paths).", ""]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), sharey=True)
+    protocols = (("equal_epochs", "equal epochs (the paper's)"), ("equal_steps", "equal steps"))
+    for ax, (key, title) in zip(axes, protocols):
+        p = result[key]
+        lines += [f"## {title}", "", "| arm | examples | steps | pass@1 | 95% interval |", "|---|---|---|---|---|"]
+        names = ["base", *ARMS]
+        for arm in names:
+            s = p["arms"][arm]
+            lines.append(f"| {arm} | {p['examples'].get(arm, '')} | {p['steps'].get(arm, '')} | {s['pass1']:.3f} | "
+                         f"{s['ci95'][0]:.3f} to {s['ci95'][1]:.3f} |")
+        for label, d in (("lema - cot", p["lema_minus_cot"]), ("lema - cot_same_size", p["lema_minus_cot_same_size"])):
+            lines.append("")
+            lines.append(f"{label}: {d['diff']:+.3f} (95% interval {d['ci95'][0]:+.3f} to {d['ci95'][1]:+.3f}; "
+                         f"McNemar p = {d['mcnemar_p']:.3g}; {d['only_b']} problems only lema solves, "
+                         f"{d['only_a']} only the other)")
+        lines.append("")
+        values = [p["arms"][a]["pass1"] for a in names]
+        errors = [[v - p["arms"][a]["ci95"][0] for a, v in zip(names, values)],
+                  [p["arms"][a]["ci95"][1] - v for a, v in zip(names, values)]]
+        ax.bar(names, values, yerr=errors, capsize=4, color=["#999999", "#4c72b0", "#dd8452", "#55a868"])
+        ax.set_title(title)
+        ax.set_ylim(0, 1)
+        ax.tick_params(axis="x", labelrotation=15)
+    axes[0].set_ylabel("pass@1 (95% interval)")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, dpi=110, format="png")
+    plt.close(fig)
+    where.join("lema_effect.png").write_bytes(buf.getvalue())
+    lines += ["![pass@1 per arm](lema_effect.png)", "", "## Wall time per run and stage (s)", ""]
+    lines += [f"- {name}: {json.dumps(w)}" for name, w in result["wall_s"].items()]
+    where.join("report.md").write_text("\n".join(lines) + "\n")
+    return where.join("report.md").uri
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a tiny random model, few problems: the mechanics")
+    parser.add_argument("--config", help="run the arms from this config (e.g. a cluster config) instead")
+    parser.add_argument("overrides", nargs="*", help="key.sub=value overrides of the base config")
+    parser.add_argument("--start-steps", type=int, default=None,
+                        help="steps of the shared CoT start (0: none; default 4 quick, 60 CPU, 0 with --config)")
+    parser.add_argument("--epochs", type=float, default=1.0, help="epochs of each arm (equal-epochs protocol)")
+    parser.add_argument("--paths", type=int, default=4, help="sampled solutions per training problem")
+    parser.add_argument("--prefix", default="lema-effect", help="run names: <prefix>-<arm>")
+    args = parser.parse_args()
+    source = args.config or default_config(args.quick)
+    base = load_config(source, args.overrides).model_dump(mode="json")
+    default_start = 0 if args.config else 4 if args.quick else 60
+    start_steps = default_start if args.start_steps is None else args.start_steps
+    t0 = time.perf_counter()
+    runs = experiment(base, args.prefix, start_steps, args.epochs, args.paths)
+    result = summarize(runs)
+    result["total_s"] = round(time.perf_counter() - t0, 1)
+    report = write_report(result, Storage(base["output_dir"]).join(f"{args.prefix}-report"))
+    headline = {k: v for k, v in result.items() if k not in ("equal_epochs", "equal_steps", "wall_s")}
+    print(f"report: {report}")
+    print(json.dumps({**headline, "equal_steps": {
+        "pass1_lema": result["equal_steps"]["arms"]["lema"]["pass1"],
+        "pass1_cot_same_size": result["equal_steps"]["arms"]["cot_same_size"]["pass1"],
+        "lema_minus_cot": result["equal_steps"]["lema_minus_cot"]["diff"],
+        "lema_minus_cot_ci95": result["equal_steps"]["lema_minus_cot"]["ci95"],
+        "lema_minus_cot_p": result["equal_steps"]["lema_minus_cot"]["mcnemar_p"]}}))
+
+
+if __name__ == "__main__":
+    main()
