@@ -77,14 +77,15 @@ class HandleBackend:
             raise ServiceError(504, f"the corrector did not answer within {self.timeout_s:g} s") from e
 
     async def _correct_with_retries(self, request: dict[str, Any]) -> dict[str, Any]:
-        for attempt in range(self.retries + 1):
+        retries = 0
+        while True:
             try:
                 return await _call("corrector", self.corrector.correct.remote(request))
             except RayActorError as e:  # the replica died with the call in flight
-                if attempt == self.retries:
-                    raise ServiceError(503, f"the corrector replica died ({type(e).__name__}); "
-                                            f"{self.retries} retries failed too") from e
-        raise AssertionError("unreachable")
+                if retries == self.retries:
+                    raise ServiceError(503, f"the corrector replica died ({type(e).__name__}) "
+                                            f"after {retries} retries") from e
+                retries += 1
 
     async def grade(self, requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
         return await _call("grader", self.grader.grade.remote(requests))
