@@ -9,6 +9,7 @@ retried, then 503, a slow corrector -> 504.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from typing import Any
 
@@ -24,6 +25,7 @@ from services.auth import parse_api_keys
 from services.config import CorrectorConfig, ServiceConfig
 from services.serving import CorrectionService, grade_requests
 
+log = logging.getLogger("ray.serve")  # lands in the replica's Serve log
 READY_TIMEOUT_S = 5.0  # /readyz: how long the corrector has to answer
 
 
@@ -121,6 +123,9 @@ class Ingress:
         self.cfg = ServiceConfig.model_validate(cfg)
         self.backend = HandleBackend(corrector, grader, self.cfg)
         self.api_keys = parse_api_keys(os.environ.get(self.cfg.api_keys_env))
+        log.info("service config: %s", self.cfg.model_dump_json())
+        if not self.api_keys:
+            log.warning("auth is off: $%s is unset or empty", self.cfg.api_keys_env)
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         return build_api(self.backend, self.cfg, self.api_keys)
