@@ -123,7 +123,9 @@ class Ingress:
         self.cfg = ServiceConfig.model_validate(cfg)
         self.backend = HandleBackend(corrector, grader, self.cfg)
         self.api_keys = parse_api_keys(os.environ.get(self.cfg.api_keys_env))
-        log.info("service config: %s", self.cfg.model_dump_json())
+        secrets = {"env_vars"}  # may hold keys: not logged
+        log.info("service config: %s", self.cfg.model_dump_json(exclude={
+            "ingress": secrets, "grader": {"deployment": secrets}, "corrector": {"deployment": secrets}}))
         if not self.api_keys:
             log.warning("auth is off: $%s is unset or empty", self.cfg.api_keys_env)
 
