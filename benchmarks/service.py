@@ -6,8 +6,8 @@ Serves the default service (services/service.yaml: SmolLM2-135M corrector on CPU
 replies here) on a free loopback port. A separate process sends `--grade-requests` /v1/grade
 calls with `--concurrency` in flight (a mix of numeric and LaTeX answers) and reports requests/s,
 p50/p99 latency and 5xx count. Then `--correct-calls` single /v1/correct calls one after another
-are timed through HTTP, and the same requests through a direct `correct_paths` call on the same
-engine config in a Ray task (Ray workers run at the same low priority as Serve replicas);
+are timed through HTTP, each followed by the same request through a direct `correct_paths` call on
+the same engine config in a Ray actor (Ray workers run at the same low priority as Serve replicas);
 `http_overhead_ratio` is HTTP median over direct median. The last line printed is one JSON object.
 """
 
@@ -26,10 +26,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import httpx  # noqa: E402
+import ray  # noqa: E402
 
-from services.config import load_service_config  # noqa: E402
+from lema.correcting import correct_paths  # noqa: E402
+from lema.engines import build_engine  # noqa: E402
+from services.config import CorrectorConfig, load_service_config  # noqa: E402
 from services.loopback import serve_on_loopback  # noqa: E402
-from services.serving import request_path  # noqa: E402
+from services.serving import CorrectionService, request_path  # noqa: E402
 
 APP = "bench"
 GRADES = [
@@ -77,34 +80,33 @@ def grade_load(url: str, requests: int, concurrency: int) -> dict:
     return asyncio.run(run())
 
 
-def direct_correct_ms(service_cfg: dict, calls: int) -> list[float]:
-    """Milliseconds of `calls` direct `correct_paths` calls (one request each), engine built first."""
-    from lema.correcting import correct_paths
-    from lema.engines import build_engine
-    from services.config import CorrectorConfig
-    from services.serving import CorrectionService
+class DirectCorrector:
+    """A Ray actor (the same low priority as Serve replicas) timing direct `correct_paths` calls on
+    an engine built like the Corrector replica's."""
 
-    corrector = CorrectorConfig.model_validate(service_cfg["corrector"])
-    engine_cfg = corrector.engine.model_copy(update={"threads": max(1, int(corrector.deployment.num_cpus))})
-    service = CorrectionService(build_engine(engine_cfg), corrector, service_cfg["grading_mode"])
-    cfg = service.correct_config(None)
-    out = []
-    for _ in range(calls + 1):  # the first call warms up
+    def __init__(self, service_cfg: dict):
+        corrector = CorrectorConfig.model_validate(service_cfg["corrector"])
+        engine_cfg = corrector.engine.model_copy(update={"threads": max(1, int(corrector.deployment.num_cpus))})
+        self.service = CorrectionService(build_engine(engine_cfg), corrector, service_cfg["grading_mode"])
+
+    def correct_ms(self) -> float:
         start = time.perf_counter()
-        correct_paths([request_path(CORRECT, 0)], cfg, service.engine, service.grading_mode)
-        out.append((time.perf_counter() - start) * 1000)
-    return out[1:]
+        correct_paths([request_path(CORRECT, 0)], self.service.correct_config(None), self.service.engine,
+                      self.service.grading_mode)
+        return (time.perf_counter() - start) * 1000
 
 
-def http_correct_ms(url: str, calls: int) -> list[float]:
-    out = []
+def correct_ms_pairs(url: str, direct, calls: int) -> tuple[list[float], list[float]]:
+    """(HTTP ms, direct ms) of `calls` single corrections each, alternating so both see the same
+    machine; one warm-up pair first."""
+    http_ms, direct_ms = [], []
     with httpx.Client(base_url=url, timeout=600) as client:
-        for _ in range(calls + 1):  # the first call warms up
+        for _ in range(calls + 1):
             start = time.perf_counter()
-            response = client.post("/v1/correct", json=CORRECT)
-            response.raise_for_status()
-            out.append((time.perf_counter() - start) * 1000)
-    return out[1:]
+            client.post("/v1/correct", json=CORRECT).raise_for_status()
+            http_ms.append((time.perf_counter() - start) * 1000)
+            direct_ms.append(ray.get(direct.correct_ms.remote()))
+    return http_ms[1:], direct_ms[1:]
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -114,14 +116,14 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--grade-requests", type=int, default=None, help="/v1/grade requests sent")
     ap.add_argument("--correct-calls", type=int, default=None, help="timed /v1/correct calls (each way)")
     ap.add_argument("--max-tokens", type=int, default=None, help="corrector reply length")
+    ap.add_argument("--model", default="smollm2-135m", help="corrector model (tiny: HTTP overhead stands out)")
     args = ap.parse_args(argv)
     grade_requests = args.grade_requests or (600 if args.quick else 4000)
-    correct_calls = args.correct_calls or (3 if args.quick else 10)
+    correct_calls = args.correct_calls or (5 if args.quick else 12)
     max_tokens = args.max_tokens or (48 if args.quick else 128)
 
-    import ray
-
-    cfg = load_service_config(None, [f"corrector.sampling.max_tokens={max_tokens}", "corrector.deployment.num_cpus=1"])
+    cfg = load_service_config(None, [f"corrector.sampling.max_tokens={max_tokens}",
+                                     f"corrector.engine.model={args.model}"])
     ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
     try:
         with serve_on_loopback({APP: cfg}) as base_url:
@@ -129,9 +131,8 @@ def main(argv: list[str] | None = None) -> dict:
             httpx.post(f"{url}/v1/grade", json=GRADES, timeout=120).raise_for_status()  # warm the grader
             with multiprocessing.get_context("spawn").Pool(1) as pool:  # the load comes from another process
                 load = pool.apply(grade_load, (url, grade_requests, args.concurrency))
-            http_ms = http_correct_ms(url, correct_calls)
-        direct = ray.remote(num_cpus=1)(direct_correct_ms)
-        direct_ms = ray.get(direct.remote(cfg.model_dump(mode="json"), correct_calls))
+            direct = ray.remote(num_cpus=1)(DirectCorrector).remote(cfg.model_dump(mode="json"))
+            http_ms, direct_ms = correct_ms_pairs(url, direct, correct_calls)
     finally:
         ray.shutdown()
 
