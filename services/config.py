@@ -15,11 +15,10 @@ from pydantic import ConfigDict, Field
 from ray.serve.config import AutoscalingConfig, BackpressureConfig
 
 from lema.config import ConfigError, EngineConfig, SamplingConfig, StrictModel, load_config
-from lema.prompts import CORRECTOR_VARIANTS
 
 DEFAULT_CONFIG = Path(__file__).parent / "service.yaml"
 CorrectorPrompt = Literal["zero_shot", "few_shot", "json"]
-assert set(CorrectorPrompt.__args__) == set(CORRECTOR_VARIANTS)  # the prompts a request may pick
+"""The corrector prompts a request may pick: lema.prompts.CORRECTOR_VARIANTS (never a path)."""
 
 
 class StrictAutoscalingConfig(AutoscalingConfig):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import get_args
 
 import pytest
 import yaml
@@ -11,9 +12,10 @@ from ray.serve.schema import ServeDeploySchema
 from ray.serve.scripts import import_attr
 
 from lema.config import ConfigError
+from lema.prompts import CORRECTOR_VARIANTS
 from services.app import AppArgs
 from services.auth import parse_api_keys
-from services.config import DEFAULT_CONFIG, load_service_config
+from services.config import DEFAULT_CONFIG, CorrectorPrompt, load_service_config
 
 SERVE_CONFIG = Path(__file__).resolve().parent.parent / "services" / "serve_config.yaml"
 
@@ -78,3 +80,7 @@ def test_serve_config_file_deploys_the_default_service():
 @pytest.mark.parametrize("value, keys", [(None, []), ("", []), (" a , ,b ", ["a", "b"]), ("k1,k2", ["k1", "k2"])])
 def test_api_keys_are_comma_separated(value, keys):
     assert parse_api_keys(value) == keys
+
+
+def test_requests_may_pick_every_corrector_prompt_and_nothing_else():
+    assert set(get_args(CorrectorPrompt)) == set(CORRECTOR_VARIANTS)
