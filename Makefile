@@ -24,11 +24,16 @@ test: $(STAMP)
 slow_test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
 
-demo: $(STAMP)
+demo: $(STAMP)  # a CoT start, then the LeMa loop from it (see configs/demo.yaml)
+	$(BIN)/python -m pipelines.lema configs/demo_cot.yaml --until train
 	$(BIN)/python -m pipelines.lema configs/demo.yaml
 
+# Each prints a last JSON line of ratios measured side by side; grading_agreement.py needs peer
+# repositories (--peer-repo, --lema-repo) and runs by hand.
+BENCHMARKS := grading sampling correcting training service service_corrector lema_effect
+
 bench: $(STAMP)
-	for b in benchmarks/*.py; do $(BIN)/python $$b --quick || exit 1; done
+	for b in $(BENCHMARKS); do $(BIN)/python benchmarks/$$b.py --quick || exit 1; done
 
 style: $(STAMP)
 	$(BIN)/ruff format lema pipelines services tests benchmarks

@@ -1,6 +1,6 @@
 """The LeMa effect, measured: CoT + verified corrections vs CoT alone vs CoT of the same size.
 
-    .venv/bin/python benchmarks/lema_effect.py            # SmolLM2-135M on CPU, about an hour on 2 quiet cores
+    .venv/bin/python benchmarks/lema_effect.py            # configs/cpu_lema.yaml: about an hour on 2 quiet cores
     .venv/bin/python benchmarks/lema_effect.py --quick    # a tiny random model: the mechanics, a few minutes
     .venv/bin/python benchmarks/lema_effect.py --config configs/gsm8k_lema.yaml --start-steps 0   # a cluster
 
@@ -45,26 +45,10 @@ ARMS = ("cot", "lema", "cot_same_size")
 
 
 # ---------------------------------------------------------------- settings
-def default_config(quick: bool) -> dict[str, Any]:
-    """The CPU experiment (SmolLM2-135M, synthetic 2-3 step problems); --quick: a tiny model."""
-    model = "tiny-128x2" if quick else "smollm2-135m"
-    pool = {"min_actors": 2, "max_actors": 2, "num_cpus": 1, "batch_size": 16}
-    return {
-        "output_dir": "runs", "ray": {"num_cpus": 4},
-        "problems": {"kind": "synthetic", "count": 16 if quick else 120, "levels": [2, 3]},
-        "sample": {"generators": [{"engine": {"model": model, "batch_size": 8},
-                                   "sampling": {"n": 4, "temperature": 0.8, "max_tokens": 48 if quick else 96}}],
-                   "pool": {**pool, "batch_size": 8}},
-        "correct": {"corrector": "reference"},
-        "data": {"cot_source": "gold", "eval_fraction": 0.0},
-        "train": {"base_model": model, "lora": {"r": 16, "alpha": 32, "dropout": 0.0}, "learning_rate": 5e-4,
-                  "batch_size": 4, "max_seq_len": 512, "torch_threads": 2, "eval_every": 1000,
-                  "checkpoint_every": 1000},
-        "evaluate": {"datasets": [{"kind": "synthetic", "split": "test", "count": 16 if quick else 300,
-                                   "levels": [2, 3]}],
-                     "sampling": {"n": 1, "temperature": 0.0, "max_tokens": 48 if quick else 96},
-                     "engine": {"batch_size": 16}, "pool": pool},
-    }
+CPU_CONFIG = ROOT / "configs" / "cpu_lema.yaml"  # SmolLM2-135M, synthetic 2-3 step problems
+QUICK = ["sample.generators.0.engine.model=tiny-128x2", "train.base_model=tiny-128x2", "problems.count=16",
+         "evaluate.datasets.0.count=16", "sample.generators.0.sampling.max_tokens=48",
+         "evaluate.sampling.max_tokens=48"]  # the mechanics in a few minutes, nothing learnt
 
 
 def derive(base: dict[str, Any], run: str, **parts: dict[str, Any]) -> LemaConfig:
@@ -207,6 +191,9 @@ def write_report(result: dict[str, Any], where: Storage) -> str:
             lines.append(f"{label}: {d['diff']:+.3f} (95% interval {d['ci95'][0]:+.3f} to {d['ci95'][1]:+.3f}; "
                          f"McNemar p = {d['mcnemar_p']:.3g}; {d['only_b']} problems only lema solves, "
                          f"{d['only_a']} only the other)")
+        if p["examples"]["cot_same_size"] < p["examples"]["lema"]:
+            lines += ["", f"cot_same_size has {p['examples']['cot_same_size']} examples, not lema's "
+                          f"{p['examples']['lema']}: the start model's distinct correct paths ran short."]
         lines.append("")
         values = [p["arms"][a]["pass1"] for a in names]
         errors = [[v - p["arms"][a]["ci95"][0] for a, v in zip(names, values)],
@@ -238,8 +225,8 @@ def main() -> None:
     parser.add_argument("--paths", type=int, default=4, help="sampled solutions per training problem")
     parser.add_argument("--prefix", default="lema-effect", help="run names: <prefix>-<arm>")
     args = parser.parse_args()
-    source = args.config or default_config(args.quick)
-    base = load_config(source, args.overrides).model_dump(mode="json")
+    overrides = (QUICK if args.quick else []) + args.overrides
+    base = load_config(args.config or CPU_CONFIG, overrides).model_dump(mode="json")
     default_start = 0 if args.config else 4 if args.quick else 60
     start_steps = default_start if args.start_steps is None else args.start_steps
     t0 = time.perf_counter()

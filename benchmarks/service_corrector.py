@@ -5,10 +5,11 @@
 
 LeMa's training data teaches the correction task (correction examples use the `zero_shot`
 corrector prompt), so the tuned model is a corrector too. This serves two apps on a loopback
-port, `base` (the run's base model) and `adapter` (the same with the run's last LoRA adapter,
-`RUN_DIR/train/ray_train/checkpoint_*/adapter`), and sends both the run's inaccurate paths
-through /v1/correct/batch with their gold answers. By default only held-out paths count: those
-of problems in the data stage's held_out.jsonl (never trained on). The last line printed is one
+port, `base` (the run's base model) and `adapter` (the same with the run's LoRA adapter,
+`RUN_DIR/train/adapter`), and sends both inaccurate paths through /v1/correct/batch with their
+gold answers. By default only held-out paths count: the tuned model's wrong answers to the
+evaluation's test problems (never trained on); `--all-paths` takes the sample stage's inaccurate
+paths of training problems instead (mostly trained on). The last line printed is one
 JSON object: paths, verified rate and statuses for each model. Without RUN_DIR it first makes
 the smoke run (configs/smoke.yaml, a tiny random model: about 2 minutes) and uses all its paths;
 that exercises the path end to end, its rates say nothing.
@@ -35,27 +36,26 @@ from services.config import load_service_config  # noqa: E402
 from services.loopback import serve_on_loopback  # noqa: E402
 
 
-def last_adapter(run_dir: Path) -> Path:
-    """The adapter of the run's last Ray Train checkpoint.
+def run_adapter(run_dir: Path) -> str:
+    """The adapter the run trained (the train stage manifest's URI).
 
     Raises:
-        FileNotFoundError: the run has no trained adapter.
+        FileNotFoundError: the run has no finished train stage.
     """
-    adapters = sorted(run_dir.glob("train/ray_train/checkpoint_*/adapter"))
-    if not adapters:
-        raise FileNotFoundError(f"no adapter under {run_dir}/train/ray_train/checkpoint_*/ (has the run trained?)")
-    return adapters[-1]
+    manifest = StageDir(run_dir, "train").manifest()
+    if not manifest:
+        raise FileNotFoundError(f"no finished train stage under {run_dir} (has the run trained?)")
+    return manifest["adapter_dir"]
 
 
-def inaccurate_paths(run_dir: Path, held_out_only: bool) -> list[dict]:
-    """The run's inaccurate paths (sorted by id), only those of held-out problems if asked."""
-    rows = StageDir(str(run_dir.parent), run_dir.name, "sample").read_rows()
-    paths = sorted((p for p in rows if not p["correct"] and not p.get("error")), key=lambda p: p["path_id"])
-    if not held_out_only:
-        return paths
-    held_out = run_dir / "data" / "held_out.jsonl"
-    problems = {json.loads(line)["source_ids"][0] for line in held_out.read_text().splitlines() if line.strip()}
-    return [p for p in paths if p["problem_id"] in problems]
+def inaccurate_paths(run_dir: Path, held_out: bool) -> list[dict]:
+    """Inaccurate paths sorted by id: the tuned model's wrong test answers (held out), or the
+    sample stage's wrong paths of training problems."""
+    if held_out:
+        rows = [r for r in StageDir(run_dir, "evaluate").read_rows() if r["generator"].endswith("+adapter")]
+    else:
+        rows = StageDir(run_dir, "sample").read_rows()
+    return sorted((p for p in rows if not p["correct"] and not p.get("error")), key=lambda p: p["path_id"])
 
 
 def smoke_run() -> Path:
@@ -95,8 +95,8 @@ def main(argv: list[str] | None = None) -> dict:
     run_dir = args.run_dir.resolve()
     run = load_config(run_dir / "config.yaml")
     base_model = run.train.base_model or run.sample.generators[0].engine.model
-    adapter = last_adapter(run_dir)
-    paths = inaccurate_paths(run_dir, held_out_only=not args.all_paths)[: args.max_paths]
+    adapter = run_adapter(run_dir)
+    paths = inaccurate_paths(run_dir, held_out=not args.all_paths)[: args.max_paths]
 
     common = ["corrector.prompt=zero_shot", f"corrector.sampling.max_tokens={args.max_tokens}",
               f"corrector.engine.model={base_model}", "corrector.timeout_s=1500", "request_timeout_s=1800",

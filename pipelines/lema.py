@@ -33,7 +33,7 @@ from pipelines.pool import StageFailed
 from pipelines.ray_setup import init_ray
 from pipelines.report import write_report
 from pipelines.sample import run_sample
-from pipelines.stage_io import RunContext, StageDir
+from pipelines.stage_io import MANIFEST, RunContext, StageDir
 from pipelines.train import run_train
 
 
@@ -100,6 +100,7 @@ def take_over(stage: StageDir, others: list[StageDir], digest: str) -> None:
         if other.is_complete(digest):
             stage.clear()
             other.dir.copy_to(stage.dir)
+            stage.file(MANIFEST).write_json({**(stage.manifest() or {}), "taken_over_from": other.uri})
             _log(f"{stage.stage}: taken over from {other.uri} (same config)")
             return
 

@@ -17,7 +17,7 @@ from ray.serve.config import AutoscalingConfig, BackpressureConfig
 from lema.config import ConfigError, EngineConfig, SamplingConfig, StrictModel, load_config
 
 DEFAULT_CONFIG = Path(__file__).parent / "service.yaml"
-CorrectorPrompt = Literal["zero_shot", "few_shot", "json"]
+CorrectorPrompt = Literal["zero_shot", "few_shot", "json", "paper"]
 """The corrector prompts a request may pick: lema.prompts.CORRECTOR_VARIANTS (never a path)."""
 
 

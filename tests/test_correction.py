@@ -144,3 +144,24 @@ def test_math_answer():
     assert parsed.predicted_answer == "2"
     assert verify_correction(parsed, "2", "math").correct
     assert not verify_correction(parsed, "\\frac{1}{2}", "math").correct
+
+
+PAPER_SOLUTION = ("Step 1: She makes 4 * 15 = 60 muffins.\nStep 2: After selling 38, she has 60 - 38 = 32 muffins.\n"
+                  "Step 3: After giving 7 away, she has 32 - 7 = 25 muffins.\nThe answer is 25.")
+PAPER_REPLY = ("Incorrect Step: Step 2.\nExplanation: 60 - 38 is 22.\nCorrect Solution:\n{\n...\n"
+               "Step 2: After selling 38, she has 60 - 38 = 22 muffins.\n"
+               "Step 3: After giving 7 away, she has 22 - 7 = 15 muffins.\nStep 4: The answer is 15.\n}")
+
+
+def test_paper_layout_reply_keeps_the_original_prefix():
+    parsed = parse_correction(PAPER_REPLY, PAPER_SOLUTION)
+    assert parsed.incorrect_step == 2 and parsed.predicted_answer == "15"
+    assert parsed.corrected_solution.startswith("Step 1: She makes 4 * 15 = 60 muffins.\nStep 2: After selling 38")
+    assert "..." not in parsed.corrected_solution and "{" not in parsed.corrected_solution
+
+
+def test_paper_layout_round_trip():
+    parsed = parse_correction(PAPER_REPLY, PAPER_SOLUTION)
+    reply = format_correction_reply(parsed.incorrect_step, parsed.explanation, parsed.corrected_solution, "paper")
+    assert reply == PAPER_REPLY
+    assert parse_correction(reply, PAPER_SOLUTION) == parsed

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from lema.metrics import majority_vote, pass_at_k, score_samples
+from lema.metrics import majority_vote, paired_difference, pass_at_k, score_samples, wilson_interval
 
 
 def same(a: str, b: str) -> bool:
@@ -85,3 +85,22 @@ def test_score_samples_edges():
     greedy_only = [[("1", True)], [("2", False)], [("3", True)]]
     s = score_samples(greedy_only)
     assert s["pass@1"] == pytest.approx(2 / 3) and s["majority"] == pytest.approx(2 / 3)
+
+
+def test_wilson_interval():
+    low, high = wilson_interval(50, 100)
+    assert abs(low - 0.4038) < 1e-3 and abs(high - 0.5962) < 1e-3
+    assert wilson_interval(0, 10)[0] == 0.0 and 0.27 < wilson_interval(0, 10)[1] < 0.28
+    assert wilson_interval(0, 0) == (0.0, 0.0)
+
+
+def test_paired_difference_and_mcnemar():
+    a = {f"p{i}": i < 4 for i in range(20)}  # solves p0-p3
+    b = {f"p{i}": i < 10 for i in range(20)}  # solves p0-p9: 6 more, none fewer
+    d = paired_difference(a, b)
+    assert (d["n"], d["only_b"], d["only_a"]) == (20, 6, 0)
+    assert d["diff"] == 0.3 and d["ci95"][0] > 0
+    assert abs(d["mcnemar_p"] - 2 / 2**6) < 1e-12  # exact binomial, two-sided
+    same = paired_difference(a, dict(a))
+    assert same["diff"] == 0.0 and same["mcnemar_p"] == 1.0
+    assert paired_difference(b, a)["diff"] == -0.3

@@ -101,3 +101,17 @@ def test_prompt_from_path(tmp_path):
     good.write_text("system: Be brief.\nuser: 'Q: {question}'\n")
     assert build_cot_messages("1+1?", str(good)) == [
         {"role": "system", "content": "Be brief."}, {"role": "user", "content": "Q: 1+1?"}]
+
+
+def test_paper_prompts_render_as_the_papers_plain_text():
+    from lema.prompts import render_plain
+
+    cot = render_plain(build_cot_messages("What is 2 + 3?", "paper_cot"))
+    assert cot == ("Please solve the following math problem.\nQuestion: What is 2 + 3?\n"
+                   "Answer: Let's think step by step.\n")
+    messages = build_corrector_messages("What is 2 + 3?", "2 + 3 = 6.\nThe answer is 6.", "paper")
+    text = render_plain(messages)
+    assert text.startswith("For the following math word problems, the original solutions may contain errors.")
+    assert text.endswith("Question: What is 2 + 3?\nOriginal Solution:\n{\nStep 1: 2 + 3 = 6.\n"
+                         "Step 2: The answer is 6.\n}\n")
+    assert text.count("Incorrect Step: Step") == 2  # our two worked examples, in the paper's layout

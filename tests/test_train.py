@@ -130,3 +130,11 @@ def test_two_workers_follow_one_worker(ray_cluster, tiny_model, tmp_path: Path):
     assert [h["label_tokens"] for h in one.history] == [h["label_tokens"] for h in two.history]
     assert a[0] - a[-1] > 0.05  # it learns, so later steps depend on the earlier updates
     assert max(abs(x - y) for x, y in zip(a, b)) < 2e-4, (a, b)
+
+
+def test_training_continues_from_an_adapter(trained: TrainResult, tiny_model, tmp_path: Path):
+    """init_adapter: the first step starts where the saved adapter left off, not from scratch."""
+    cont = run_training(_examples(), _config(tiny_model, max_steps=2, init_adapter=trained.adapter_dir),
+                        str(tmp_path), "cont")
+    assert cont.history[0]["train_loss"] < trained.history[0]["train_loss"] - 0.3
+    assert abs(cont.history[0]["train_loss"] - trained.history[-1]["train_loss"]) < 0.3

@@ -164,3 +164,30 @@ def test_written_file_loads_with_datasets(tmp_path, suffix):
 def test_write_rejects_unknown_suffix(tmp_path):
     with pytest.raises(ValueError, match="'.csv' is not one of"):
         write_examples([], tmp_path / "x.csv")
+
+
+def test_cot_cap_keeps_gold_first_then_sampled():
+    problems, paths, corrections = _world(20)
+    for p in paths:  # distinct sampled texts, so none is a duplicate of its gold solution
+        p.text = p.text.replace("step", "Stage")
+    both = DataConfig(eval_fraction=0.0, cot_source="both", include_corrections=False, max_cot=25)
+    train, _, stats = build_examples(problems, paths, corrections, [], both)
+    assert stats["cot"] == 25 and stats["cot_dropped_by_cap"] == 5
+    gold = [e for e in train if len(e.source_ids) == 1]
+    assert len(gold) == 20  # all gold, then 5 of the 10 sampled
+    capped = DataConfig(eval_fraction=0.0, cot_source="gold", include_corrections=False, max_cot=8)
+    assert build_examples(problems, paths, corrections, [], capped)[2]["cot"] == 8
+
+
+def test_examples_take_the_evaluated_cot_prompt_and_the_paper_layout():
+    problems, paths, corrections = _world(4)
+    cfg = DataConfig(eval_fraction=0.0, correction_prompt="paper")
+    train, _, _ = build_examples(problems, paths, corrections, [], cfg, cot_prompt="paper_cot")
+    cot = next(e for e in train if e.kind == "cot")
+    assert cot.messages[0]["content"].startswith("Please solve the following math problem.\nQuestion: ")
+    fix = next(e for e in train if e.kind == "correction")
+    assert [m["role"] for m in fix.messages] == ["system", "user", "assistant"]  # no few-shot turns
+    assert "Original Solution:\n{\nStep 1:" in fix.messages[1]["content"]
+    target = fix.messages[2]["content"]
+    assert target.startswith("Incorrect Step: Step ") and "Correct Solution:\n{\n" in target
+    assert target.endswith("\n}")
