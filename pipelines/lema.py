@@ -121,7 +121,8 @@ def main_pipeline(cfg: LemaConfig, from_stage: str | None = None, until: str | N
         if begin(out, digest, redo=i >= redo_from):
             start = time.perf_counter()
             manifest = stage.run(ctx, out, digest)
-            figures = {k: v for k, v in manifest.items() if isinstance(v, (int, float))}
+            figures = {k: round(v, 4) if isinstance(v, float) else v for k, v in manifest.items()
+                       if isinstance(v, (int, float)) and k != "complete"}
             _log(f"{stage.name}: done in {time.perf_counter() - start:.1f}s {figures}")
         if stage.name == until:
             return out.uri

@@ -63,7 +63,7 @@ def test_missing_and_invalid_files(tmp_path):
 
 
 def test_hash_changes_with_config():
-    a, b = load_config(), load_config(None, ["seed=1"])
+    a, b = load_config(), load_config(None, ["problems.seed=1"])
     assert config_hash(a) == config_hash(load_config())
     assert config_hash(a) != config_hash(b)
 
