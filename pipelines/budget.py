@@ -1,8 +1,9 @@
-"""One API budget for a whole stage: requests/tokens per minute and requests in flight, held by
-a small Ray actor that every engine of the stage's actor pool draws from.
+"""One API budget for a whole stage (or service): requests/tokens per minute and requests in
+flight, held by a small Ray actor that every engine of the stage's actor pool (or of the
+service's Corrector replicas) draws from.
 
-Without it each pool actor would build its own limiter, and `max_actors: 2` would double the
-configured budget. The engines see the same `lema.engines.budget.Budget` interface as the
+Without it each pool actor or replica would build its own limiter, and `max_actors: 2` would
+double the configured budget. The engines see the same `lema.engines.budget.Budget` interface as the
 in-process budget; each request costs two actor calls (about a millisecond each), nothing next
 to an API call.
 """
@@ -15,7 +16,7 @@ from typing import Any
 
 import ray
 
-from lema.config import EngineConfig
+from lema.config import EngineConfig, OpenAIOptions
 from lema.engines.budget import LocalBudget
 
 
@@ -61,3 +62,12 @@ def stage_budget(engine: EngineConfig | None) -> Iterator[SharedBudget | None]:
         yield SharedBudget(actor)
     finally:
         ray.kill(actor, no_restart=True)
+
+
+def named_budget(name: str, opts: OpenAIOptions) -> SharedBudget:
+    """The budget actor called `name` (created detached on first use, so replicas that come and
+    go share it for the cluster's life), for engines that outlive no stage: Serve replicas."""
+    actor = BudgetActor.options(name=name, namespace="lema", lifetime="detached", get_if_exists=True,
+                                max_concurrency=max(1000, 4 * opts.max_concurrency)).remote(
+        opts.requests_per_minute, opts.tokens_per_minute, opts.max_concurrency)
+    return SharedBudget(actor)

@@ -20,6 +20,7 @@ from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.handle import DeploymentHandle, DeploymentResponse
 
 from lema.engines import EngineError, build_engine
+from pipelines.budget import named_budget
 from services.api import ServiceError, build_api
 from services.auth import parse_api_keys
 from services.config import CorrectorConfig, ServiceConfig
@@ -38,7 +39,10 @@ class Corrector:
         engine_cfg = corrector.engine
         if engine_cfg.backend == "transformers" and engine_cfg.threads is None:
             engine_cfg = engine_cfg.model_copy(update={"threads": max(1, int(corrector.deployment.num_cpus))})
-        self.service = CorrectionService(build_engine(engine_cfg), corrector, grading_mode)
+        budget = None
+        if engine_cfg.backend == "openai":  # one API budget for all replicas of this app
+            budget = named_budget(f"{serve.get_replica_context().app_name}-corrector-budget", engine_cfg.openai)
+        self.service = CorrectionService(build_engine(engine_cfg, budget), corrector, grading_mode)
         self.correct.set_max_batch_size(corrector.max_batch_size)
         self.correct.set_batch_wait_timeout_s(corrector.batch_wait_timeout_s)
 

@@ -1,5 +1,6 @@
 """The service under load on a real Serve app: a flood beyond the corrector's queue gets 429 with
-Retry-After; a Corrector replica killed mid-load costs no hung request and comes back."""
+Retry-After; a Corrector replica killed mid-load costs no hung request and comes back; two
+Corrector replicas share one API budget."""
 
 from __future__ import annotations
 
@@ -47,7 +48,12 @@ def base_url(ray_cluster, fake_corrector):
         f"corrector.deployment.backpressure_config.retry_after_s={RETRY_AFTER_S}",
     ])
     kill = load_service_config(None, [*common, "corrector.retries=2"])
-    with serve_on_loopback({"flood": flood, "kill": kill}) as url:
+    shared = load_service_config(None, [
+        *common, "corrector.engine.openai.max_concurrency=1", "corrector.max_batch_size=1",
+        "corrector.deployment.autoscaling_config.min_replicas=2",
+        "corrector.deployment.autoscaling_config.max_replicas=2",
+    ])
+    with serve_on_loopback({"flood": flood, "kill": kill, "shared": shared}) as url:
         yield url
 
 
@@ -95,3 +101,11 @@ def test_killed_corrector_replica_costs_no_hung_request_and_comes_back(base_url,
             time.sleep(0.5)
         assert _corrector_pid() != pid
         assert client.post("/v1/correct", json=REQUEST).json()["status"] == "verified"
+
+
+def test_corrector_replicas_share_one_api_budget(base_url, fake_corrector):
+    """max_concurrency 1 holds for the app, not per replica: two replicas, one call in flight."""
+    fake_corrector.reset()
+    responses = asyncio.run(_post_many(f"{base_url}/shared", 8))  # 4: both replicas rarely overlap
+    assert [r.status_code for r in responses] == [200] * 8
+    assert fake_corrector.calls == 8 and fake_corrector.max_in_flight == 1  # a budget per replica: 2
