@@ -18,11 +18,14 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# The `cluster` tests start a Ray head of their own: a pytest run of their own, after the rest.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow" tests
+	$(BIN)/python -m pytest -q -m "not slow and not cluster" tests
+	$(BIN)/python -m pytest -q -m cluster tests
 
 slow_test: $(STAMP)
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q -m "not cluster" tests
+	$(BIN)/python -m pytest -q -m cluster tests
 
 demo: $(STAMP)
 	$(BIN)/python -m pipelines.lema configs/demo.yaml
