@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/sampling.py --quick            # tiny-256x4, about 2 minutes
     .venv/bin/python benchmarks/sampling.py --repeats 3        # more chunks, three repetitions
     .venv/bin/python benchmarks/sampling.py --model smollm2-135m
+    .venv/bin/python benchmarks/sampling.py --quick --backend vllm --model smollm2-135m   # GPU: vLLM only
 
 What runs:
 - direct: one `build_engine` in this process, one torch thread, `engine.generate` called on the
@@ -319,6 +320,37 @@ def vllm_skip_reason() -> str | None:
     return None
 
 
+def main_vllm(args: argparse.Namespace, problems) -> dict[str, Any]:
+    """`--backend vllm`: the vLLM stage vs vLLM alone, and nothing on CPU; prints one JSON line."""
+    import ray
+
+    figures: dict[str, Any] = {"backend": "vllm", "model": args.model, "problems": len(problems),
+                               "chunk_size": args.chunk_size, "n": args.n, "max_tokens": args.max_tokens}
+    reason = vllm_skip_reason()
+    if reason:
+        print(f"vLLM benchmark skipped: {reason}")
+        figures["vllm_skipped"] = reason
+    else:
+        _init_ray()
+        try:
+            figures.update(run_vllm(args, problems))
+        finally:
+            ray.shutdown()
+    print(json.dumps(figures))
+    return figures
+
+
+def _init_ray() -> None:
+    import logging
+
+    import ray
+
+    ray.init(num_cpus=4, include_dashboard=False, address="local", log_to_driver=False,
+             configure_logging=False)
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+
+
 def run_vllm(args: argparse.Namespace, problems) -> dict[str, Any]:
     """Stage (1 actor, 1 GPU) vs direct vLLM engine, same prompts and sampling."""
     generator = _configs(args, backend="vllm")
@@ -336,6 +368,9 @@ def run_vllm(args: argparse.Namespace, problems) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer chunks, one repetition")
+    parser.add_argument("--backend", choices=["transformers", "vllm"], default="transformers",
+                        help="transformers: the CPU figures, plus the vLLM section where vLLM and CUDA "
+                             "are there; vllm: only the vLLM stage vs vLLM alone")
     parser.add_argument("--model", default="tiny-256x4",
                         help="tiny-256x4 (default; no smaller than hidden 256 x 4 layers) or "
                              "smollm2-135m")
@@ -365,31 +400,28 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.direct_nice < 0:
         args.direct_nice = None
 
-    import logging
-
     import ray
 
     from lema.models import resolve_model
     from lema.synthetic import generate_problems
 
     resolve_model(args.model)  # build / convert once, outside every timing
+    problems = generate_problems(args.chunks * args.chunk_size, [2, 3, 4], seed=args.seed)
+    if args.backend == "vllm":
+        return main_vllm(args, problems)
     # Import torch/transformers and read the weights once, untimed: otherwise the first direct
     # run's "model load" would carry this process's one-off imports (seconds) and later ones not.
     from lema.config import EngineConfig
     from lema.engines import build_engine
 
     build_engine(EngineConfig(model=args.model, device="cpu", threads=1)).close()
-    problems = generate_problems(args.chunks * args.chunk_size, [2, 3, 4], seed=args.seed)
     generator = _configs(args)
     print(f"model {args.model}: {len(problems)} problems in {args.chunks} chunks of "
           f"{args.chunk_size}, n={args.n}, temperature {args.temperature}, max_tokens "
           f"{args.max_tokens}, engine batch {args.engine_batch} prompts, 1 torch thread per "
           f"engine, {args.repeats} repetition(s); direct run at nice {args.direct_nice}")
 
-    ray.init(num_cpus=4, include_dashboard=False, address="local", log_to_driver=False,
-             configure_logging=False)
-    logging.getLogger("ray.data").setLevel(logging.WARNING)
-    ray.data.DataContext.get_current().enable_progress_bars = False
+    _init_ray()
     reps: list[dict[str, dict[str, Any]]] = []
     try:
         for rep in range(args.repeats):

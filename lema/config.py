@@ -157,7 +157,13 @@ class PoolConfig(StrictModel):
     """How a model stage runs on the cluster; nothing here changes its results."""
 
     min_actors: int = Field(1, ge=1)
+    """Actors started at once: on an autoscaling cluster, the demand that brings nodes up. For
+    GPU pools set it to max_actors (Ray Data grows a pool past it only slowly there; see
+    configs/gsm8k_lema.yaml)."""
     max_actors: int = Field(1, ge=1)
+    """Most actors. Ray Data adds actors past min_actors only while every actor has two chunks in
+    flight and its resource budget allows: never with calls_per_actor > 1 (its utilisation then
+    stays under the 1.75 threshold)."""
     num_cpus: float = 1.0
     """CPUs per actor (fractional is fine)."""
     num_gpus: float = 0.0

@@ -1,4 +1,5 @@
-"""The vLLM engine on SmolLM2-135M (GPU only: skipped, with the reason, without vLLM or CUDA)."""
+"""The vLLM engine on SmolLM2-135M, alone and inside the sample stage's GPU actor pool (GPU only:
+skipped, with the reason, without vLLM or CUDA; scripts/gpu_check.sh runs these)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,9 @@ import json
 
 import pytest
 
-from lema.config import EngineConfig, SamplingConfig, VLLMOptions
+from lema.config import EngineConfig, SamplingConfig, VLLMOptions, load_config
 from lema.engines import build_engine
+from lema.synthetic import generate_problems
 
 
 def _missing() -> str | None:
@@ -120,3 +122,24 @@ def test_vllm_plain_prompts_for_a_model_without_template(tiny_plain_model):
         assert out[0].error is None and out[0].completions[0].tokens > 0
     finally:
         plain.close()
+
+
+def test_sample_stage_on_vllm(ray_cluster, tmp_path):
+    """`run_sample` as the pipeline runs it on a cluster: a `backend: vllm` generator in a pool
+    actor that reserves the GPU (`pool.num_gpus=1`)."""
+    from pipelines.sample import run_sample
+    from pipelines.stage_io import RunContext, StageDir
+
+    engine = EngineConfig(backend="vllm", model=MODEL, vllm=OPTIONS).model_dump(mode="json")
+    cfg = load_config(None, [
+        f"sample.generators=[{json.dumps({'engine': engine})}]",
+        "sample.generators.0.sampling={n: 2, temperature: 0.8, max_tokens: 64, seed: 0}",
+        "sample.pool={min_actors: 1, max_actors: 1, num_cpus: 1, num_gpus: 1, batch_size: 8}",
+    ])
+    problems = generate_problems(16, [2, 3], seed=1)
+    stage = StageDir(tmp_path, "sample")
+    manifest = run_sample(RunContext.from_rows(cfg, tmp_path, problems=[p.to_dict() for p in problems]), stage, "h")
+    rows = stage.read_rows()
+    assert len({r["path_id"] for r in rows}) == len(rows) == 16 * 2
+    assert manifest["failed"] == 0 and manifest["tokens"] > 0 and stage.is_complete("h")
+    assert {r["generator"] for r in rows} == {MODEL}

@@ -1,4 +1,6 @@
-"""`ray job submit` of the pipeline against a local head started by the test."""
+"""`ray job submit` of the pipeline against a local head started by the test, as the README says
+to: the client with RAY_AUTH_MODE=token, the entrypoint naming the venv's python (the entrypoint
+runs with the head's PATH, where `python` may be any interpreter)."""
 
 from __future__ import annotations
 
@@ -28,14 +30,15 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def head(tmp_path_factory):
     """A Ray head on loopback with a dashboard (job API); only its own processes are stopped."""
-    port, dash, agent = _free_port(), _free_port(), _free_port()
-    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",
-           "RAY_AUTH_MODE": "token"}  # Ray 2.60 turns token auth on for local clusters; say so
+    port, dash, agent, client = _free_port(), _free_port(), _free_port(), _free_port()
+    env = {**os.environ, "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",
+           "RAY_AUTH_MODE": "token"}  # Ray 2.60 turns token auth on for a local head once ~/.ray/auth_token exists
     env.pop("RAY_ADDRESS", None)
     proc = subprocess.Popen(
         [str(BIN / "ray"), "start", "--head", "--block", f"--port={port}", "--node-ip-address=127.0.0.1",
          "--num-cpus=4", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
          f"--dashboard-port={dash}", f"--dashboard-agent-listen-port={agent}",  # 52365 may be taken
+         f"--ray-client-server-port={client}",  # and 10001
          "--disable-usage-stats"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )
@@ -43,7 +46,7 @@ def head(tmp_path_factory):
     deadline = time.time() + 180
     while time.time() < deadline:  # ready when a trivial job runs (the job agent registers late)
         ok = subprocess.run([str(BIN / "ray"), "job", "submit", "--address", address, "--",
-                             "python", "-c", "print('ready')"], capture_output=True, env=env).returncode == 0
+                             sys.executable, "-c", "print('ready')"], capture_output=True, env=env).returncode == 0
         if ok:
             break
         time.sleep(3)
@@ -66,7 +69,7 @@ def head(tmp_path_factory):
 def _submit(address: str, env: dict, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [str(BIN / "ray"), "job", "submit", "--address", address, "--working-dir", str(ROOT), "--",
-         "python", "-m", "pipelines.lema", *args],
+         sys.executable, "-m", "pipelines.lema", *args],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
     )
 

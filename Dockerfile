@@ -1,0 +1,9 @@
+# The image every lema node runs (cluster.yaml docker.image, the k8s/ containers): Ray with CUDA,
+# vLLM, and this checkout installed with the gpu extra. Its Ray matches pyproject.toml's pin
+# (checked by tests/test_cluster_files.py).
+#   docker build -t ghcr.io/lema-project/lema:0.1.0 . && docker push ghcr.io/lema-project/lema:0.1.0
+FROM rayproject/ray:2.60.0-py311-gpu
+
+WORKDIR /home/ray/lema
+COPY --chown=ray:users . .
+RUN pip install --no-cache-dir -e '.[gpu]'

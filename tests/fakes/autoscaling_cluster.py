@@ -1,0 +1,226 @@
+"""A fake autoscaling Ray cluster on this machine that starts and stops only its own processes.
+
+Ray's `ray.cluster_utils.AutoscalingCluster` runs `ray stop --force` on start and on shutdown,
+which ends every Ray cluster on the machine (other people's test runs included), and in Ray
+2.60 it reads a config file the wheel does not ship. This one starts `ray start --head
+--block` in a new session with free ports, its own `--temp-dir` and an
+inline autoscaling config for Ray's fake multi-node provider: the head's autoscaler monitor
+launches "worker nodes" as raylets on this machine (children of the monitor, so in the same
+session) that advertise whatever resources their node type names, fake GPUs included.
+`stop()` ends the processes of that session and checks nothing of it is left.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+HEAD_TYPE = "ray.head.default"  # the fake provider names the head's node type so
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def autoscaling_config(port: int, head_resources: dict[str, int], worker_types: dict[str, dict[str, Any]],
+                       idle_timeout_s: float) -> dict[str, Any]:
+    """The fake provider's cluster config (what the wheel's missing example.yaml held), with
+    the GCS address of this head rather than the default port 6379."""
+    return {
+        "cluster_name": "lema-fake",
+        "max_workers": sum(t.get("max_workers", 0) for t in worker_types.values()),
+        "idle_timeout_minutes": idle_timeout_s / 60,
+        "upscaling_speed": 1.0,
+        "provider": {"type": "fake_multinode", "use_node_id_as_ip": True, "disable_node_updaters": True,
+                     "disable_launch_config_check": True,
+                     "launch_multiple": True,  # n nodes per launch request, as a cloud provider does
+                     "gcs_address": f"127.0.0.1:{port}"},
+        "available_node_types": {
+            HEAD_TYPE: {"resources": head_resources, "node_config": {}, "max_workers": 0},
+            **{name: {"node_config": {}, "min_workers": 0, **spec} for name, spec in worker_types.items()},
+        },
+        "head_node_type": HEAD_TYPE,
+        "auth": {}, "docker": {}, "file_mounts": {}, "cluster_synced_files": [],
+        "file_mounts_sync_continuously": False, "rsync_exclude": [], "rsync_filter": [],
+        "initialization_commands": [], "setup_commands": [], "head_setup_commands": [],
+        "worker_setup_commands": [], "head_start_ray_commands": [], "worker_start_ray_commands": [],
+    }
+
+
+@dataclass
+class NodeTimeline:
+    """Node counts over time, sampled from the GCS by a background thread."""
+
+    samples: list[dict[str, float]] = field(default_factory=list)  # t, worker_nodes, gpu_nodes, gpus_used
+    t0: float = field(default_factory=time.time)
+
+    def elapsed(self) -> float:
+        """Seconds since the timeline began (the samples' clock)."""
+        return round(time.time() - self.t0, 2)
+
+    def max(self, key: str) -> float:
+        return max((s[key] for s in self.samples), default=0)
+
+    def last(self, key: str) -> float:
+        return self.samples[-1][key] if self.samples else 0
+
+    def table(self, every_s: float = 5.0) -> str:
+        """One line per `every_s` seconds (and every change of node count)."""
+        lines, last_t, last_n = ["    t/s  worker nodes  GPU nodes  GPUs in use"], -every_s, None
+        for s in self.samples:
+            if s["t"] - last_t >= every_s or s["gpu_nodes"] != last_n:
+                lines.append(f"  {s['t']:5.1f}  {s['worker_nodes']:12.0f}  {s['gpu_nodes']:9.0f}  "
+                             f"{s['gpus_used']:11.0f}")
+                last_t, last_n = s["t"], s["gpu_nodes"]
+        return "\n".join(lines)
+
+    def plot(self, path: Path, title: str, marks: dict[str, float] | None = None) -> Path:
+        """A PNG of GPU nodes and GPUs in use over time, with labelled moments (e.g. stage done)."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        t = [s["t"] for s in self.samples]
+        fig, ax = plt.subplots(figsize=(8, 3.5))
+        ax.step(t, [s["gpu_nodes"] for s in self.samples], where="post", label="GPU worker nodes")
+        ax.step(t, [s["gpus_used"] for s in self.samples], where="post", linestyle="--", label="GPUs in use")
+        for label, at in (marks or {}).items():
+            ax.axvline(at, color="grey", linewidth=0.8)
+            ax.text(at, ax.get_ylim()[1] * 0.95, f" {label}", fontsize=8, va="top")
+        ax.set_xlabel("seconds")
+        ax.set_ylabel("count")
+        ax.yaxis.get_major_locator().set_params(integer=True)
+        ax.set_ylim(-0.1, self.max("gpu_nodes") + 0.6)
+        ax.set_title(title, fontsize=10)
+        ax.legend(loc="center right", fontsize=8)
+        fig.tight_layout()
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        return path
+
+
+class FakeAutoscalingCluster:
+    """`with FakeAutoscalingCluster(...) as c:` starts the head; `c.address` is its GCS address.
+
+    Args:
+        head_resources: the head's resources ({"CPU": 0}: no work lands on it, as on cluster.yaml's head).
+        worker_types: node type -> {"resources": {...}, "max_workers": n, "min_workers": 0}.
+        idle_timeout_s: how long a worker node stays idle before the autoscaler removes it.
+    """
+
+    def __init__(self, head_resources: dict[str, int], worker_types: dict[str, dict[str, Any]],
+                 idle_timeout_s: float = 6.0):
+        self.head_resources, self.worker_types = dict(head_resources), worker_types
+        self.idle_timeout_s = idle_timeout_s
+        self.port = free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen | None = None
+        self.dir = Path(tempfile.mkdtemp(prefix="lema-fc-"))  # short: Ray's socket paths have a length limit
+
+    # ------------------------------------------------------------ start / stop
+    def start(self, timeout_s: float = 90.0) -> None:
+        config = self.dir / "autoscaling.json"
+        head = self.head_resources
+        config.write_text(json.dumps(autoscaling_config(self.port, head, self.worker_types, self.idle_timeout_s)))
+        custom = {k: v for k, v in head.items() if k not in ("CPU", "GPU")}
+        cmd = [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block",
+               f"--port={self.port}", "--node-ip-address=127.0.0.1", f"--temp-dir={self.dir / 'ray'}",
+               f"--autoscaling-config={config}", f"--num-cpus={head.get('CPU', 0)}", f"--num-gpus={head.get('GPU', 0)}",
+               f"--resources={json.dumps(custom)}", "--include-dashboard=false", "--disable-usage-stats",
+               f"--ray-client-server-port={free_port()}", f"--dashboard-agent-listen-port={free_port()}",
+               f"--object-store-memory={200 * 1024**2}"]
+        # RAY_AUTH_MODE: Ray 2.60 turns token auth on for a head when ~/.ray/auth_token exists, and a
+        # driver given an explicit address does not; this loopback-only cluster runs without
+        env = {**os.environ, "RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1", "RAY_AUTH_MODE": "disabled"}
+        env.pop("RAY_ADDRESS", None)
+        self.log = open(self.dir / "head.log", "wb")  # noqa: SIM115 (closed in stop)
+        self.proc = subprocess.Popen(cmd, env=env, stdout=self.log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)  # a session of its own: stop() ends just that
+        deadline = time.time() + timeout_s
+        while not (self.dir / "ray" / "ray_current_cluster").exists():
+            if self.proc.poll() is not None or time.time() > deadline:
+                log = (self.dir / "head.log").read_text()[-3000:]
+                self.stop()
+                raise RuntimeError(f"the fake cluster's head did not start:\n{log}")
+            time.sleep(0.5)
+
+    def processes(self) -> list[int]:
+        """The pids of this cluster's session: the head started one (`start_new_session`) and
+        everything it spawns stays in it, fake worker nodes and Ray workers included (Ray
+        workers get process groups of their own, but keep the session)."""
+        import psutil
+
+        if self.proc is None:
+            return []
+        out = []
+        for p in psutil.process_iter(["pid"]):
+            try:
+                if os.getsid(p.pid) == self.proc.pid:
+                    out.append(p.pid)
+            except (ProcessLookupError, PermissionError):
+                continue
+        return out
+
+    def stop(self) -> list[int]:
+        """End this cluster's processes (SIGTERM, then SIGKILL); return the pids still alive
+        afterwards (none, unless something left the session)."""
+        if self.proc is None:
+            return []
+        for sig, wait_s in ((signal.SIGTERM, 15.0), (signal.SIGKILL, 5.0)):
+            for pid in self.processes():
+                try:
+                    os.kill(pid, sig)
+                except ProcessLookupError:
+                    continue
+            deadline = time.time() + wait_s
+            while self.processes() and time.time() < deadline:
+                time.sleep(0.3)
+        self.proc.wait(timeout=5)
+        left = self.processes()
+        self.log.close()
+        if not left:
+            shutil.rmtree(self.dir, ignore_errors=True)
+        return left
+
+    def __enter__(self) -> FakeAutoscalingCluster:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # ------------------------------------------------------------ watching
+    def watch(self, every_s: float = 0.5) -> tuple[NodeTimeline, threading.Event]:
+        """Sample node counts from a connected driver (`ray.init(address=...)` first) until the
+        returned event is set."""
+        import ray
+
+        timeline, stop = NodeTimeline(), threading.Event()
+
+        def sample() -> None:
+            while not stop.is_set():
+                nodes = [n for n in ray.nodes() if n["Alive"]]
+                workers = [n for n in nodes if "node:__internal_head__" not in n["Resources"]]
+                gpus = sum(n["Resources"].get("GPU", 0) for n in nodes)
+                free = ray.available_resources().get("GPU", 0)
+                timeline.samples.append({"t": timeline.elapsed(), "worker_nodes": len(workers),
+                                         "gpu_nodes": sum(1 for n in workers if n["Resources"].get("GPU")),
+                                         "gpus_used": gpus - free})
+                stop.wait(every_s)
+
+        threading.Thread(target=sample, daemon=True).start()
+        return timeline, stop
