@@ -9,8 +9,8 @@ same problems, the same sampled mistakes (`reuse`: the arms take over the sample
 stages of the first arm) and the same held-out test problems:
 - start: a LoRA on gold CoT from the base model (`--start-steps`; the paper's generators already
   reason step by step, a 135M model does not); its evaluation also gives the base model's score.
-- mistakes: the start model samples `--paths` solutions per training problem; the wrong ones go
-  to the config's corrector (the reference corrector on synthetic problems).
+- mistakes: the start model samples the config's n solutions per training problem; the wrong
+  ones go to the config's corrector (the reference corrector on synthetic problems).
 - arms, each continuing from the start adapter: (a) cot = gold CoT; (b) lema = gold CoT +
   verified corrections; (c) cot_same_size = gold CoT + correct sampled paths, as many examples
   as (b) has (the paper's control for data size).
@@ -89,7 +89,7 @@ def run_arm(cfg: LemaConfig) -> dict[str, Any]:
             "wall_s": {s: m.get("wall_s") for s, m in manifests.items()}, "total_s": time.perf_counter() - t0}
 
 
-def experiment(base: dict[str, Any], prefix: str, start_steps: int, epochs: float, paths: int) -> dict[str, Any]:
+def experiment(base: dict[str, Any], prefix: str, start_steps: int, epochs: float) -> dict[str, Any]:
     """All arms, both protocols; returns every run's results by name."""
     runs: dict[str, dict[str, Any]] = {}
     generators = base["sample"]["generators"]
@@ -102,7 +102,7 @@ def experiment(base: dict[str, Any], prefix: str, start_steps: int, epochs: floa
         adapter = runs["start"]["manifests"]["train"]["adapter_dir"]
         generators = [{**g, "engine": {**g["engine"], "adapter": adapter}} for g in generators]
         arm_train["init_adapter"] = adapter
-    sample = {"generators": [{**g, "sampling": {**g["sampling"], "n": paths}} for g in generators]}
+    sample = {"generators": generators}
     first = f"{prefix}-lema"
 
     def arm(name: str, data: dict[str, Any], train: dict[str, Any], with_base: bool = False) -> None:
@@ -222,7 +222,6 @@ def main() -> None:
     parser.add_argument("--start-steps", type=int, default=None,
                         help="steps of the shared CoT start (0: none; default 4 quick, 60 CPU, 0 with --config)")
     parser.add_argument("--epochs", type=float, default=1.0, help="epochs of each arm (equal-epochs protocol)")
-    parser.add_argument("--paths", type=int, default=4, help="sampled solutions per training problem")
     parser.add_argument("--prefix", default="lema-effect", help="run names: <prefix>-<arm>")
     args = parser.parse_args()
     overrides = (QUICK if args.quick else []) + args.overrides
@@ -230,7 +229,7 @@ def main() -> None:
     default_start = 0 if args.config else 4 if args.quick else 60
     start_steps = default_start if args.start_steps is None else args.start_steps
     t0 = time.perf_counter()
-    runs = experiment(base, args.prefix, start_steps, args.epochs, args.paths)
+    runs = experiment(base, args.prefix, start_steps, args.epochs)
     result = summarize(runs)
     result["total_s"] = round(time.perf_counter() - t0, 1)
     report = write_report(result, Storage(base["output_dir"]).join(f"{args.prefix}-report"))
