@@ -126,6 +126,17 @@ class Storage:
     def delete_contents(self) -> None:
         self.fs.delete_dir_contents(self.path, missing_dir_ok=True)
 
+    def fingerprint(self) -> str | None:
+        """A short hash of what is here now (every file's path, size and modification time), or
+        None when nothing is: it changes when the files are written again."""
+        if not self.exists():
+            return None
+        infos = self.fs.get_file_info(pafs.FileSelector(self.path, recursive=True)) if self.is_dir() else [
+            self.fs.get_file_info(self.path)]
+        entries = sorted(f"{i.path[len(self.path):]}:{i.size}:{i.mtime_ns}" for i in infos
+                         if i.type == pafs.FileType.File)
+        return hashlib.sha256("\n".join(entries).encode()).hexdigest()[:16]
+
     # ------------------------------------------------------------ whole directories
     def upload_dir(self, local_dir: str | os.PathLike) -> None:
         """Copy a local directory's contents here."""

@@ -59,13 +59,23 @@ class Stage:
     run: Callable[[RunContext, StageDir, str], dict[str, Any]]  # writes records, returns the manifest
 
 
+def fingerprints(*uris: str | None) -> list[str | None]:
+    """What the adapters a stage starts from hold now, so a stage redoes when one is retrained
+    under the same URI (a local dir or any storage URI; a hub id or None gives None)."""
+    return [Storage(u).fingerprint() if u else None for u in uris]
+
+
 STAGES: tuple[Stage, ...] = (
     Stage("problems", (), lambda c: c.cfg.problems, run_problems),
-    Stage("sample", ("problems",), lambda c: c.cfg.sample, run_sample),
-    Stage("correct", ("problems", "sample"), lambda c: c.cfg.correct, run_correct),
+    Stage("sample", ("problems",), lambda c: {
+        "sample": c.cfg.sample, "adapters": fingerprints(*(g.engine.adapter for g in c.cfg.sample.generators))},
+        run_sample),
+    Stage("correct", ("problems", "sample"),
+          lambda c: {"correct": c.cfg.correct, "adapters": fingerprints(c.cfg.correct.engine.adapter)}, run_correct),
     Stage("data", ("problems", "sample", "correct"),
           lambda c: {"data": c.cfg.data, "eval": c.cfg.evaluate.datasets, "prompt": c.cfg.sample.prompt}, run_data),
-    Stage("train", ("data",), lambda c: {"train": c.cfg.train, "base": c.base_model}, run_train),
+    Stage("train", ("data",), lambda c: {
+        "train": c.cfg.train, "base": c.base_model, "init": fingerprints(c.cfg.train.init_adapter)}, run_train),
     Stage("evaluate", ("train",),
           lambda c: {"evaluate": c.cfg.evaluate, "prompt": c.cfg.sample.prompt, "base": c.base_model},
           run_evaluate),
@@ -74,9 +84,7 @@ STAGE_NAMES = [s.name for s in STAGES]
 
 
 def stage_hash(ctx: RunContext, stage: Stage) -> str:
-    parts = stage.config(ctx)
-    return config_hash({"config": parts if isinstance(parts, dict) else {"": parts},
-                        "inputs": {name: ctx.hashes[name] for name in stage.inputs}})
+    return config_hash({"config": stage.config(ctx), "inputs": {name: ctx.hashes[name] for name in stage.inputs}})
 
 
 def begin(stage: StageDir, digest: str, redo: bool) -> bool:

@@ -183,3 +183,22 @@ def test_reuse_takes_over_the_stages_an_ablation_shares(clean_run, capsys):
     sample = json.loads((out / "ablation" / "sample" / "manifest.json").read_text())
     assert sample["taken_over_from"].endswith("/smoke/sample")
     assert json.loads((out / "ablation" / "data" / "manifest.json").read_text())["correction"] == 0
+
+
+def test_stage_hash_follows_the_adapter_it_starts_from(tmp_path):
+    """Re-training a start adapter under the same URI redoes the stages that start from it."""
+    from pipelines.lema import STAGES, stage_hash
+    from pipelines.stage_io import RunContext
+
+    adapter = tmp_path / "start" / "adapter"
+    adapter.mkdir(parents=True)
+    (adapter / "adapter_model.safetensors").write_bytes(b"v1")
+    cfg = load_config(SMOKE, [f"train.init_adapter={adapter}", f"sample.generators.0.engine.adapter={adapter}"])
+    ctx = RunContext.from_rows(cfg, tmp_path)
+    ctx.hashes = {s.name: "upstream" for s in STAGES}
+    sample, train = (next(s for s in STAGES if s.name == n) for n in ("sample", "train"))
+    before = stage_hash(ctx, sample), stage_hash(ctx, train)
+    assert before == (stage_hash(ctx, sample), stage_hash(ctx, train))
+    (adapter / "adapter_model.safetensors").write_bytes(b"v2, retrained")
+    after = stage_hash(ctx, sample), stage_hash(ctx, train)
+    assert after[0] != before[0] and after[1] != before[1]
