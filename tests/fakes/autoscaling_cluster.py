@@ -22,6 +22,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,11 +61,14 @@ def autoscaling_config(port: int, head_resources: dict[str, int], worker_types: 
     }
 
 
+COLUMNS = {"worker_nodes": "worker nodes", "gpu_nodes": "GPU nodes", "gpus_used": "GPUs in use"}
+
+
 @dataclass
 class NodeTimeline:
-    """Node counts over time, sampled from the GCS by a background thread."""
+    """Node counts over time (and any extra counts a watcher adds), sampled by a background thread."""
 
-    samples: list[dict[str, float]] = field(default_factory=list)  # t, worker_nodes, gpu_nodes, gpus_used
+    samples: list[dict[str, float]] = field(default_factory=list)  # t, worker_nodes, gpu_nodes, gpus_used, extras
     t0: float = field(default_factory=time.time)
 
     def elapsed(self) -> float:
@@ -77,34 +81,42 @@ class NodeTimeline:
     def last(self, key: str) -> float:
         return self.samples[-1][key] if self.samples else 0
 
+    def keys(self) -> list[str]:
+        """The counts sampled: the node counts, then the extras."""
+        return [k for k in self.samples[0] if k != "t"] if self.samples else list(COLUMNS)
+
     def table(self, every_s: float = 5.0) -> str:
-        """One line per `every_s` seconds (and every change of node count)."""
-        lines, last_t, last_n = ["    t/s  worker nodes  GPU nodes  GPUs in use"], -every_s, None
+        """One line per `every_s` seconds (and every change of a count)."""
+        keys = self.keys()
+        names = [COLUMNS.get(k, k.replace("_", " ")) for k in keys]
+        lines, last_t, last_row = ["    t/s  " + "  ".join(names)], -every_s, None
         for s in self.samples:
-            if s["t"] - last_t >= every_s or s["gpu_nodes"] != last_n:
-                lines.append(f"  {s['t']:5.1f}  {s['worker_nodes']:12.0f}  {s['gpu_nodes']:9.0f}  "
-                             f"{s['gpus_used']:11.0f}")
-                last_t, last_n = s["t"], s["gpu_nodes"]
+            row = [s[k] for k in keys]
+            if s["t"] - last_t >= every_s or row != last_row:
+                lines.append(f"  {s['t']:5.1f}  " + "  ".join(f"{v:{len(n)}.0f}" for v, n in zip(row, names)))
+                last_t, last_row = s["t"], row
         return "\n".join(lines)
 
     def plot(self, path: Path, title: str, marks: dict[str, float] | None = None) -> Path:
-        """A PNG of GPU nodes and GPUs in use over time, with labelled moments (e.g. stage done)."""
+        """A PNG of GPU nodes, GPUs in use and the extras over time, with labelled moments (e.g. stage done)."""
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
         t = [s["t"] for s in self.samples]
+        keys = [k for k in self.keys() if k != "worker_nodes"]
         fig, ax = plt.subplots(figsize=(8, 3.5))
-        ax.step(t, [s["gpu_nodes"] for s in self.samples], where="post", label="GPU worker nodes")
-        ax.step(t, [s["gpus_used"] for s in self.samples], where="post", linestyle="--", label="GPUs in use")
+        for i, key in enumerate(keys):
+            ax.step(t, [s[key] for s in self.samples], where="post", label=COLUMNS.get(key, key.replace("_", " ")),
+                    linestyle=("-", "--", ":", "-.")[i % 4])
         for label, at in (marks or {}).items():
             ax.axvline(at, color="grey", linewidth=0.8)
             ax.text(at, ax.get_ylim()[1] * 0.95, f" {label}", fontsize=8, va="top")
         ax.set_xlabel("seconds")
         ax.set_ylabel("count")
         ax.yaxis.get_major_locator().set_params(integer=True)
-        ax.set_ylim(-0.1, self.max("gpu_nodes") + 0.6)
+        ax.set_ylim(-0.1, max(self.max(k) for k in keys) + 0.6)
         ax.set_title(title, fontsize=10)
         ax.legend(loc="center right", fontsize=8)
         fig.tight_layout()
@@ -120,12 +132,14 @@ class FakeAutoscalingCluster:
         head_resources: the head's resources ({"CPU": 0}: no work lands on it, as on cluster.yaml's head).
         worker_types: node type -> {"resources": {...}, "max_workers": n, "min_workers": 0}.
         idle_timeout_s: how long a worker node stays idle before the autoscaler removes it.
+        env: environment variables for every process of the cluster (e.g. Ray Serve's metric intervals).
     """
 
     def __init__(self, head_resources: dict[str, int], worker_types: dict[str, dict[str, Any]],
-                 idle_timeout_s: float = 6.0):
+                 idle_timeout_s: float = 6.0, env: dict[str, str] | None = None):
         self.head_resources, self.worker_types = dict(head_resources), worker_types
         self.idle_timeout_s = idle_timeout_s
+        self.env = dict(env or {})
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
         self.proc: subprocess.Popen | None = None
@@ -145,7 +159,8 @@ class FakeAutoscalingCluster:
                f"--object-store-memory={200 * 1024**2}"]
         # RAY_AUTH_MODE: Ray 2.60 turns token auth on for a head when ~/.ray/auth_token exists, and a
         # driver given an explicit address does not; this loopback-only cluster runs without
-        env = {**os.environ, "RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1", "RAY_AUTH_MODE": "disabled"}
+        env = {**os.environ, **self.env, "RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1",
+               "RAY_AUTH_MODE": "disabled"}
         env.pop("RAY_ADDRESS", None)
         self.log = open(self.dir / "head.log", "wb")  # noqa: SIM115 (closed in stop)
         self.proc = subprocess.Popen(cmd, env=env, stdout=self.log, stderr=subprocess.STDOUT,
@@ -204,9 +219,10 @@ class FakeAutoscalingCluster:
         self.stop()
 
     # ------------------------------------------------------------ watching
-    def watch(self, every_s: float = 0.5) -> tuple[NodeTimeline, threading.Event]:
+    def watch(self, every_s: float = 0.5,
+              extra: Callable[[], dict[str, float]] | None = None) -> tuple[NodeTimeline, threading.Event]:
         """Sample node counts from a connected driver (`ray.init(address=...)` first) until the
-        returned event is set."""
+        returned event is set; `extra()` adds counts of its own to each sample (e.g. Serve replicas)."""
         import ray
 
         timeline, stop = NodeTimeline(), threading.Event()
@@ -219,7 +235,7 @@ class FakeAutoscalingCluster:
                 free = ray.available_resources().get("GPU", 0)
                 timeline.samples.append({"t": timeline.elapsed(), "worker_nodes": len(workers),
                                          "gpu_nodes": sum(1 for n in workers if n["Resources"].get("GPU")),
-                                         "gpus_used": gpus - free})
+                                         "gpus_used": gpus - free, **(extra() if extra else {})})
                 stop.wait(every_s)
 
         threading.Thread(target=sample, daemon=True).start()
