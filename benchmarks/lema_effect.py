@@ -71,7 +71,7 @@ def paired(a: dict[str, bool], b: dict[str, bool]) -> dict[str, Any]:
     """b - a on the same problems, rounded for the report."""
     d = paired_difference(a, b)
     return {**d, "diff": round(d["diff"], 4), "ci95": [round(x, 4) for x in d["ci95"]],
-            "mcnemar_p": round(d["mcnemar_p"], 4)}
+            "mcnemar_p": float(f"{d['mcnemar_p']:.3g}")}
 
 
 # ---------------------------------------------------------------- runs
