@@ -14,6 +14,7 @@ under another hash starts over. `--from` redoes from a stage on, `--until` stops
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -113,9 +114,26 @@ def take_over(stage: StageDir, others: list[StageDir], digest: str) -> None:
             return
 
 
+_PATH_KEYS = {"model", "base_model", "adapter", "init_adapter", "path", "cache_dir", "output_dir"}
+
+
+def absolute_paths(cfg: LemaConfig) -> LemaConfig:
+    """The config with relative local paths that exist made absolute: Ray workers do not share the
+    driver's working directory (Ray Train's change into their trial directory), hub ids stay."""
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, dict):
+            return {k: os.path.abspath(v) if k in _PATH_KEYS and isinstance(v, str) and "://" not in v
+                    and not os.path.isabs(v) and os.path.exists(v) else walk(v) for k, v in node.items()}
+        return [walk(v) for v in node] if isinstance(node, list) else node
+
+    return LemaConfig.model_validate(walk(cfg.model_dump(mode="json")))
+
+
 def main_pipeline(cfg: LemaConfig, from_stage: str | None = None, until: str | None = None) -> str:
     """Run (or resume) the loop, through `until` if given; returns the report's URI (or, when
     stopping early, the last stage's directory)."""
+    cfg = absolute_paths(cfg)
     run_dir = Storage(cfg.output_dir).join(cfg.run)
     run_dir.join("config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
     ctx = RunContext(cfg, run_dir)

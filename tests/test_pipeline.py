@@ -202,3 +202,16 @@ def test_stage_hash_follows_the_adapter_it_starts_from(tmp_path):
     (adapter / "adapter_model.safetensors").write_bytes(b"v2, retrained")
     after = stage_hash(ctx, sample), stage_hash(ctx, train)
     assert after[0] != before[0] and after[1] != before[1]
+
+
+def test_relative_local_paths_become_absolute(tmp_path, monkeypatch):
+    """Ray Train workers run in their trial directory: a relative adapter path must not reach them."""
+    from pipelines.lema import absolute_paths
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs" / "start" / "adapter").mkdir(parents=True)
+    cfg = absolute_paths(load_config(SMOKE, ["train.init_adapter=runs/start/adapter", "output_dir=runs",
+                                             "sample.generators.0.engine.model=org/hub-model"]))
+    assert cfg.train.init_adapter == str(tmp_path / "runs" / "start" / "adapter")
+    assert cfg.output_dir == str(tmp_path / "runs")
+    assert cfg.sample.generators[0].engine.model == "org/hub-model"  # not a local path: a hub id stays
