@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
+import warnings
 
 from lema.config import LemaConfig
 
@@ -12,6 +14,17 @@ from lema.config import LemaConfig
 # (a detached cleaner still removes the placement group), so a person reading the log need not see them.
 _NOISY_LOGGERS = ("ray.train.v2._internal.execution.controller.placement_group_cleaner",
                   "ray.train.v2._internal.callbacks.placement_group_callback")
+# The cleaner's monitor thread also dies with an uncaught RpcError when its GCS client times out
+# (seen on a 2-core machine busy training): a traceback in the middle of the run, nothing lost.
+_QUIET_THREADS = ("PlacementGroupCleanerMonitor",)
+
+
+def _thread_excepthook(previous):
+    def hook(args: threading.ExceptHookArgs) -> None:
+        if args.thread is not None and args.thread.name in _QUIET_THREADS:
+            return
+        previous(args)
+    return hook
 
 
 def quiet_worker_logs() -> None:
@@ -19,6 +32,14 @@ def quiet_worker_logs() -> None:
     level: Ray Train's logging setup resets the levels of the loggers under `ray.train`."""
     for name in _NOISY_LOGGERS:
         logging.getLogger(name).addFilter(lambda record: record.levelno >= logging.CRITICAL)
+    threading.excepthook = _thread_excepthook(threading.excepthook)
+    # peft calls transformers' deprecated `is_gradient_checkpointing` each time it wraps a model
+    warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated",
+                            category=FutureWarning)
+    # every stage shows its own progress; a "Loading weights" bar per actor only adds lines
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
 
 
 def init_ray(cfg: LemaConfig) -> None:

@@ -136,7 +136,7 @@ def write_report(run_dir: Storage, stages: list[str]) -> str:
         if s not in m:
             lines.append(f"| {s} | not run | | | |")
             continue
-        figs = ", ".join(f"{k} {_fmt(m[s][k])}" for k in keys.get(s, []) if k in m[s])
+        figs = ", ".join(f"{k} {_fmt(m[s][k])}" for k in keys.get(s, []) if m[s].get(k) is not None)
         tok = m[s].get("tokens", m[s].get("train_tokens", ""))
         lines.append(f"| {s} | {figs} | {tok} | {_fmt(m[s].get('wall_s', ''))} | {_fmt(m[s].get('cost', ''))} |")
     lines.append("")
