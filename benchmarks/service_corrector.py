@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> dict:
         args.max_tokens = min(args.max_tokens, 48)
     run_dir = args.run_dir.resolve()
     run = load_config(run_dir / "config.yaml")
-    base_model = run.train.base_model or run.sample.generators[0].engine.model
+    base_model = run.base_model
     adapter = run_adapter(run_dir)
     paths = inaccurate_paths(run_dir, held_out=not args.all_paths)[: args.max_paths]
 

@@ -28,19 +28,12 @@ stage does not redo it."""
 class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
 
-    def result_view(self) -> dict[str, Any]:
-        """The fields that decide a stage's results (OPERATIONAL ones left out), as JSON data."""
-        out: dict[str, Any] = {}
-        for name, info in type(self).model_fields.items():
-            if (info.json_schema_extra or {}).get("operational"):
-                continue
-            out[name] = _result_value(getattr(self, name))
-        return out
-
 
 def _result_value(value: Any) -> Any:
+    """What in a config (or in lists and dicts of configs) decides results: OPERATIONAL fields left out."""
     if isinstance(value, StrictModel):
-        return value.result_view()
+        return {name: _result_value(getattr(value, name)) for name, info in type(value).model_fields.items()
+                if not (info.json_schema_extra or {}).get("operational")}
     if isinstance(value, (list, tuple)):
         return [_result_value(v) for v in value]
     if isinstance(value, dict):
@@ -363,6 +356,12 @@ class LemaConfig(StrictModel):
             raise ValueError("sample.generators is empty: set train.base_model (the model to tune)")
         return self
 
+    @property
+    def base_model(self) -> str:
+        """The model the train stage tunes and the evaluate stage scores (train.base_model, else the
+        first generator's model)."""
+        return self.train.base_model or self.sample.generators[0].engine.model
+
 
 # ---------------------------------------------------------------- loading
 def _format_errors(err: ValidationError) -> str:
@@ -467,8 +466,6 @@ def _deep_update(base: dict[str, Any], new: dict[str, Any]) -> None:
             base[k] = v
 
 
-def config_hash(cfg: BaseModel | dict[str, Any]) -> str:
-    """A stable hash of what in a config decides results (OPERATIONAL fields left out)."""
-    data = _result_value(cfg.model_dump(mode="json") if not isinstance(cfg, StrictModel) and
-                         isinstance(cfg, BaseModel) else cfg)
-    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+def config_hash(cfg: StrictModel | dict[str, Any]) -> str:
+    """A stable hash of what in a config (or a dict of configs) decides results."""
+    return hashlib.sha256(json.dumps(_result_value(cfg), sort_keys=True).encode()).hexdigest()[:16]

@@ -34,8 +34,8 @@ def is_remote(uri: str) -> bool:
 class Storage:
     """One file or directory location on a pyarrow filesystem (nothing is touched until used)."""
 
-    def __init__(self, uri: str | os.PathLike):
-        uri = os.fspath(uri)
+    def __init__(self, uri: str | os.PathLike | Storage):
+        uri = uri.uri if isinstance(uri, Storage) else os.fspath(uri)
         if "://" not in uri:
             uri = os.path.abspath(uri)
         self.uri = uri
@@ -138,12 +138,6 @@ class Storage:
         return hashlib.sha256("\n".join(entries).encode()).hexdigest()[:16]
 
     # ------------------------------------------------------------ whole directories
-    def upload_dir(self, local_dir: str | os.PathLike) -> None:
-        """Copy a local directory's contents here."""
-        self.mkdir()
-        pafs.copy_files(os.fspath(local_dir), self.path, source_filesystem=pafs.LocalFileSystem(),
-                        destination_filesystem=self.fs)
-
     def copy_to(self, dest: Storage) -> None:
         """Copy this directory's contents into `dest` (any filesystem)."""
         dest.mkdir()

@@ -55,9 +55,7 @@ def stage_budget(engine: EngineConfig | None) -> Iterator[SharedBudget | None]:
     if engine is None or engine.backend != "openai":
         yield None
         return
-    opts = engine.openai
-    actor = BudgetActor.options(max_concurrency=max(1000, 4 * opts.max_concurrency)).remote(
-        opts.requests_per_minute, opts.tokens_per_minute, opts.max_concurrency)
+    actor = _budget_actor(engine.openai)
     try:
         yield SharedBudget(actor)
     finally:
@@ -67,7 +65,11 @@ def stage_budget(engine: EngineConfig | None) -> Iterator[SharedBudget | None]:
 def named_budget(name: str, opts: OpenAIOptions) -> SharedBudget:
     """The budget actor called `name` (created detached on first use, so replicas that come and
     go share it for the cluster's life), for engines that outlive no stage: Serve replicas."""
-    actor = BudgetActor.options(name=name, namespace="lema", lifetime="detached", get_if_exists=True,
-                                max_concurrency=max(1000, 4 * opts.max_concurrency)).remote(
+    return SharedBudget(_budget_actor(opts, name=name, namespace="lema", lifetime="detached",
+                                      get_if_exists=True))
+
+
+def _budget_actor(opts: OpenAIOptions, **options: Any) -> Any:
+    """A BudgetActor holding `opts`' limits; enough actor threads for every waiting caller."""
+    return BudgetActor.options(max_concurrency=max(1000, 4 * opts.max_concurrency), **options).remote(
         opts.requests_per_minute, opts.tokens_per_minute, opts.max_concurrency)
-    return SharedBudget(actor)

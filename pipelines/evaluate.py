@@ -64,7 +64,7 @@ def score(paths: list[dict[str, Any]], ks: list[int]) -> dict[str, Any]:
 def run_evaluate(ctx: RunContext, stage: StageDir, stage_hash: str) -> dict[str, Any]:
     """Evaluate the base model and the adapter on every evaluation set; write the table."""
     cfg, timer = ctx.cfg, Timer()
-    ev, base_model = cfg.evaluate, ctx.base_model
+    ev, base_model = cfg.evaluate, cfg.base_model
     adapter = ctx.dir("train").manifest()["adapter_dir"]
     variants = ([("base", None)] if ev.base else []) + [("adapter", adapter)]
     runs = []  # (set label, variant, adapter dir, engine label, problem ids)

@@ -24,7 +24,6 @@ from typing import Any
 import yaml
 
 from lema.config import ConfigError, LemaConfig, config_hash, load_config
-from lema.records import Problem
 from lema.sources import load_problems
 from lema.storage import Storage
 from pipelines.correct import run_correct
@@ -76,9 +75,9 @@ STAGES: tuple[Stage, ...] = (
     Stage("data", ("problems", "sample", "correct"),
           lambda c: {"data": c.cfg.data, "eval": c.cfg.evaluate.datasets, "prompt": c.cfg.sample.prompt}, run_data),
     Stage("train", ("data",), lambda c: {
-        "train": c.cfg.train, "base": c.base_model, "init": fingerprints(c.cfg.train.init_adapter)}, run_train),
+        "train": c.cfg.train, "base": c.cfg.base_model, "init": fingerprints(c.cfg.train.init_adapter)}, run_train),
     Stage("evaluate", ("train",),
-          lambda c: {"evaluate": c.cfg.evaluate, "prompt": c.cfg.sample.prompt, "base": c.base_model},
+          lambda c: {"evaluate": c.cfg.evaluate, "prompt": c.cfg.sample.prompt, "base": c.cfg.base_model},
           run_evaluate),
 )
 STAGE_NAMES = [s.name for s in STAGES]
@@ -161,10 +160,8 @@ def main_pipeline(cfg: LemaConfig, from_stage: str | None = None, until: str | N
 
 def summary_lines(ctx: RunContext) -> list[str]:
     """What the run did, in a few lines a person reads at the end of the log."""
-    sample = ctx.dir("sample").manifest() or {}
-    corr = ctx.dir("correct").manifest() or {}
-    problems = [Problem.from_dict(r) for r in ctx.rows("problems")]
-    lines = [f"{len(problems)} problems -> {sample.get('paths', 0)} paths ({sample.get('inaccurate', 0)} "
+    problems, sample, corr = (ctx.dir(s).manifest() or {} for s in ("problems", "sample", "correct"))
+    lines = [f"{problems.get('problems', 0)} problems -> {sample.get('paths', 0)} paths ({sample.get('inaccurate', 0)} "
              f"inaccurate) -> {corr.get('verified', 0)}/{corr.get('attempted', 0)} corrections verified"]
     for r in (ctx.dir("evaluate").manifest() or {}).get("results", []):
         lines.append(f"{r['dataset']:>24} {r['variant']:<8} pass@1 {r['pass_at_1']:.3f} "

@@ -6,6 +6,7 @@ import logging
 import os
 import threading
 import warnings
+from typing import Any
 
 from lema.config import LemaConfig
 
@@ -36,10 +37,15 @@ def quiet_worker_logs() -> None:
     # peft calls transformers' deprecated `is_gradient_checkpointing` each time it wraps a model
     warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated",
                             category=FutureWarning)
-    # every stage shows its own progress; a "Loading weights" bar per actor only adds lines
-    import transformers
 
-    transformers.utils.logging.disable_progress_bar()
+
+def worker_runtime_env() -> dict[str, Any]:
+    """The runtime env of every worker of a job: the log filters above, and no Hugging Face
+    progress bars (every stage shows its own progress; a "Loading weights" bar per actor only
+    adds lines; transformers reads the variable when it is imported)."""
+    health_check_s = os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
+    return {"env_vars": {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": health_check_s, "HF_HUB_DISABLE_PROGRESS_BARS": "1"},
+            "worker_process_setup_hook": "pipelines.ray_setup.quiet_worker_logs"}
 
 
 def init_ray(cfg: LemaConfig) -> None:
@@ -53,9 +59,7 @@ def init_ray(cfg: LemaConfig) -> None:
 
     if ray.is_initialized():
         return
-    env = {"env_vars": {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": os.environ.get(
-        "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")},
-        "worker_process_setup_hook": "pipelines.ray_setup.quiet_worker_logs"}
+    env = worker_runtime_env()
     address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address, runtime_env=env, log_to_driver=True)

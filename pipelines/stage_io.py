@@ -30,8 +30,7 @@ class StageDir:
     """One stage's directory: parts, manifest, the started marker and side files."""
 
     def __init__(self, run_dir: Storage | str | os.PathLike, stage: str):
-        run_dir = run_dir if isinstance(run_dir, Storage) else Storage(run_dir)
-        self.dir = run_dir.join(stage)
+        self.dir = Storage(run_dir).join(stage)
         self.stage = stage
 
     @property
@@ -113,7 +112,7 @@ class RunContext:
                   **rows: list[dict[str, Any]]) -> RunContext:
         """A context whose named stages' records are the given rows (a stage run on its own,
         as in tests and benchmarks)."""
-        ctx = cls(cfg, run_dir if isinstance(run_dir, Storage) else Storage(run_dir))
+        ctx = cls(cfg, Storage(run_dir))
         ctx._cache.update({f"rows:{k}": v for k, v in rows.items()})
         return ctx
 
@@ -128,8 +127,3 @@ class RunContext:
         if key not in self._cache:
             self._cache[key] = make()
         return self._cache[key]
-
-    @property
-    def base_model(self) -> str:
-        """The model the train stage tunes and the evaluate stage scores."""
-        return self.cfg.train.base_model or self.cfg.sample.generators[0].engine.model

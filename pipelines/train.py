@@ -225,7 +225,7 @@ def build_trainer(
 
     if not cfg.base_model:
         raise ValueError("train.base_model is not set (the pipeline fills in the generator model)")
-    storage = storage if isinstance(storage, Storage) else Storage(storage)
+    storage = Storage(storage)
     train, held_out = load_chats(examples_or_path)
     if eval_path is not None:
         extra_train, extra_eval = load_chats(eval_path)
@@ -259,7 +259,7 @@ def run_training(
 ) -> TrainResult:
     """Fine-tune, and return where the adapter went (URIs) plus the loss history (see
     build_trainer)."""
-    storage = storage if isinstance(storage, Storage) else Storage(storage)
+    storage = Storage(storage)
     t0 = time.perf_counter()
     result = build_trainer(examples_or_path, cfg, storage, name, eval_path).fit()
     wall = time.perf_counter() - t0
@@ -293,7 +293,7 @@ def run_training(
 def run_train(ctx: RunContext, stage: StageDir, stage_hash: str) -> dict[str, Any]:
     """The train stage of the loop: tune the base model on the data stage's files."""
     data = ctx.dir("data")
-    cfg = ctx.cfg.train.model_copy(update={"base_model": ctx.base_model})
+    cfg = ctx.cfg.train.model_copy(update={"base_model": ctx.cfg.base_model})
     result = run_training(data.file("train.jsonl").uri, cfg, stage.dir, RUN_NAME,
                           eval_path=data.file("held_out.jsonl").uri)
     adapter = stage.file("adapter")  # a stable place: <run>/train/adapter
@@ -316,8 +316,7 @@ def main(argv: list[str] | None = None) -> TrainResult:
     args = parser.parse_intermixed_args(argv)  # overrides may follow the options
     has_config = bool(args.args) and "=" not in args.args[0]
     cfg = load_config(args.args[0] if has_config else None, args.args[has_config:])
-    train_cfg = cfg.train.model_copy(
-        update={"base_model": cfg.train.base_model or cfg.sample.generators[0].engine.model})
+    train_cfg = cfg.train.model_copy(update={"base_model": cfg.base_model})
     print(json.dumps(train_cfg.model_dump(mode="json"), indent=1))
     init_ray(cfg)
     storage = Storage(cfg.output_dir).join(cfg.run, "train")

@@ -1,10 +1,12 @@
 """The log a person reads: Ray workers drop known noise and keep everything else."""
 
+import os
+import subprocess
+import sys
 import threading
 import warnings
 
 import pytest
-import transformers
 
 from pipelines import ray_setup
 
@@ -14,7 +16,6 @@ def _restore():
     filters, hook = warnings.filters[:], threading.excepthook
     yield
     warnings.filters[:], threading.excepthook = filters, hook
-    transformers.utils.logging.enable_progress_bar()
 
 
 def _run_thread(name: str, seen: list) -> None:
@@ -33,11 +34,17 @@ def test_cleaner_thread_traceback_is_dropped_others_are_kept():
     assert seen == ["worker"]
 
 
-def test_peft_deprecation_warning_and_weight_bars_are_off():
+def test_peft_deprecation_warning_is_dropped_others_are_kept():
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("default")
         ray_setup.quiet_worker_logs()
         warnings.warn("`is_gradient_checkpointing` is deprecated and will be removed in v6.", FutureWarning)
         warnings.warn("something else", FutureWarning)
     assert [str(w.message) for w in caught] == ["something else"]
-    assert not transformers.utils.logging.is_progress_bar_enabled()
+
+
+def test_workers_load_weights_without_progress_bars():
+    env = {**os.environ, **ray_setup.worker_runtime_env()["env_vars"]}
+    code = "import transformers; print(transformers.utils.logging.is_progress_bar_enabled())"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

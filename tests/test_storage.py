@@ -41,7 +41,7 @@ def test_directories_upload_and_download_once(root, tmp_path):
     src.mkdir()
     (src / "adapter_config.json").write_text("{}")
     remote = root.join("ckpt", "adapter")
-    remote.upload_dir(src)
+    Storage(src).copy_to(remote)
     local = remote.local_dir(tmp_path / "cache")
     assert open(f"{local}/adapter_config.json").read() == "{}"
     assert remote.local_dir(tmp_path / "cache") == local
