@@ -27,10 +27,8 @@ sys.path.insert(0, str(ROOT))
 from lema.config import load_config  # noqa: E402
 from lema.reference_corrector import reference_correction  # noqa: E402
 from lema.synthetic import generate_problems  # noqa: E402
-from pipelines.budget import stage_budget  # noqa: E402
-from pipelines.correct import CorrectStage, select_inaccurate  # noqa: E402
-from pipelines.pool import run_chunks  # noqa: E402
-from pipelines.stage_io import StageDir  # noqa: E402
+from pipelines.correct import run_correct  # noqa: E402
+from pipelines.stage_io import RunContext  # noqa: E402
 from tests.fakes import FakeBehaviour, FakeOpenAIServer  # noqa: E402
 
 
@@ -86,21 +84,17 @@ def main(argv: list[str] | None = None) -> dict:
             f"correct.engine.openai.max_concurrency={args.concurrency}",
             f"correct.pool.batch_size={chunk_size}", f"correct.pool.calls_per_actor={args.calls}",
         ])
-        stage = StageDir(tmp, "correct")
-        todo = select_inaccurate(paths, problems, None)
+        ctx = RunContext.from_rows(cfg, tmp, problems=list(problems.values()), sample=paths)
+        stage = ctx.dir("correct")
         t0 = time.perf_counter()
-        arrivals = []
-        with stage_budget(cfg.correct.engine) as budget:  # the stage's shared budget, as run_correct
-            for _ in run_chunks(stage, todo, "path_id", CorrectStage,
-                                {"correct": cfg.correct.model_dump(mode="json"), "threads": 1, "budget": budget},
-                                cfg.correct.pool, desc="correct"):
-                arrivals.append(time.perf_counter())
+        run_correct(ctx, stage, "bench")
+        elapsed = time.perf_counter() - t0
         rows = stage.read_rows()
         max_in_flight = srv.max_in_flight
     ray.shutdown()
 
     verified = sum(r["status"] == "verified" for r in rows)
-    e2e = len(rows) / (arrivals[-1] - t0)
+    e2e = len(rows) / elapsed
     # steady state: from the first request sent (its answer minus the latency) to the last answer
     steady = len(answered) / (answered[-1] - answered[0] + args.latency)
     figures = {
@@ -118,7 +112,7 @@ def main(argv: list[str] | None = None) -> dict:
         "calls_per_actor": args.calls,
         "chunk_size": chunk_size,
     }
-    print(f"{len(rows)} corrections ({verified} verified) in {arrivals[-1] - t0:.1f}s; bound "
+    print(f"{len(rows)} corrections ({verified} verified) in {elapsed:.1f}s; bound "
           f"{bound:.1f}/s (concurrency {args.concurrency} / latency {args.latency}s)")
     print(f"steady state {steady:.1f}/s = {steady / bound:.1%} of the bound; end to end {e2e:.1f}/s")
     print(json.dumps(figures))

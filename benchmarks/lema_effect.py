@@ -25,7 +25,6 @@ object (its headline figures are the equal-epochs protocol; `equal_steps` holds 
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import sys
 import time
@@ -39,6 +38,7 @@ from lema.config import LemaConfig, load_config  # noqa: E402
 from lema.metrics import paired_difference, wilson_interval  # noqa: E402
 from lema.storage import Storage  # noqa: E402
 from pipelines.lema import STAGE_NAMES, main_pipeline  # noqa: E402
+from pipelines.report import save_png  # noqa: E402
 from pipelines.stage_io import StageDir  # noqa: E402
 
 ARMS = ("cot", "lema", "cot_same_size")
@@ -203,11 +203,7 @@ def write_report(result: dict[str, Any], where: Storage) -> str:
         ax.set_ylim(0, 1)
         ax.tick_params(axis="x", labelrotation=15)
     axes[0].set_ylabel("pass@1 (95% interval)")
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, dpi=110, format="png")
-    plt.close(fig)
-    where.join("lema_effect.png").write_bytes(buf.getvalue())
+    save_png(fig, where.join("lema_effect.png"))
     lines += ["![pass@1 per arm](lema_effect.png)", "", "## Wall time per run and stage (s)", ""]
     lines += [f"- {name}: {json.dumps(w)}" for name, w in result["wall_s"].items()]
     where.join("report.md").write_text("\n".join(lines) + "\n")

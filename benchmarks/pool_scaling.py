@@ -22,7 +22,6 @@ import logging
 import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -54,9 +53,7 @@ def run_pool(cluster: FakeAutoscalingCluster, model: str, problems: list, min_ac
         start = timeline.elapsed()
         manifest = run_sample(ctx, StageDir(tmp, "sample"), "bench")
         end = timeline.elapsed()
-    deadline = time.time() + 60 + 10 * IDLE_TIMEOUT_S
-    while timeline.last("gpu_nodes") > 0 and time.time() < deadline:
-        time.sleep(0.5)
+    timeline.wait_until(lambda: timeline.last("gpu_nodes") == 0, cluster.idle_wait_s)
     stop.set()
     print(f"-- {label} (min_actors {min_actors}, max_actors {max_actors}): stage {end - start:.1f} s, "
           f"{manifest['paths']} paths\n{timeline.table(every_s=4.0)}")
@@ -83,17 +80,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     import ray
 
-    cluster = FakeAutoscalingCluster(
-        head_resources={"CPU": 0},
-        worker_types={"gpu_1x": {"resources": {"CPU": 1, "GPU": 1, "object_store_memory": 200 * 1024**2},
-                                 "min_workers": 0, "max_workers": args.gpus}},
-        idle_timeout_s=IDLE_TIMEOUT_S,
-    )
+    cluster = FakeAutoscalingCluster.with_gpu_workers(args.gpus, idle_timeout_s=IDLE_TIMEOUT_S)
     cluster.start()
     try:
-        ray.init(address=cluster.address, log_to_driver=False, configure_logging=False)
+        cluster.connect()
         logging.getLogger("ray.data").setLevel(logging.WARNING)
-        ray.data.DataContext.get_current().enable_progress_bars = False
         fixed = run_pool(cluster, model, problems, args.gpus, args.gpus, "fixed")
         auto = run_pool(cluster, model, problems, 1, args.gpus, "autoscaling")
     finally:

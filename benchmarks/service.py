@@ -28,11 +28,9 @@ sys.path.insert(0, str(ROOT))
 import httpx  # noqa: E402
 import ray  # noqa: E402
 
-from lema.correcting import correct_paths  # noqa: E402
-from lema.engines import build_engine  # noqa: E402
 from services.config import CorrectorConfig, load_service_config  # noqa: E402
 from services.loopback import serve_on_loopback  # noqa: E402
-from services.serving import CorrectionService, request_path  # noqa: E402
+from services.serving import build_correction_service  # noqa: E402
 
 APP = "bench"
 GRADES = [
@@ -81,18 +79,16 @@ def grade_load(url: str, requests: int, concurrency: int) -> dict:
 
 
 class DirectCorrector:
-    """A Ray actor (the same low priority as Serve replicas) timing direct `correct_paths` calls on
-    an engine built like the Corrector replica's."""
+    """A Ray actor (the same low priority as Serve replicas) timing the Corrector replica's own
+    call, `CorrectionService.correct`, on an engine built as the replica builds it."""
 
     def __init__(self, service_cfg: dict):
-        corrector = CorrectorConfig.model_validate(service_cfg["corrector"])
-        engine_cfg = corrector.engine.model_copy(update={"threads": max(1, int(corrector.deployment.num_cpus))})
-        self.service = CorrectionService(build_engine(engine_cfg), corrector, service_cfg["grading_mode"])
+        self.service = build_correction_service(CorrectorConfig.model_validate(service_cfg["corrector"]),
+                                                service_cfg["grading_mode"])
 
     def correct_ms(self) -> float:
         start = time.perf_counter()
-        correct_paths([request_path(CORRECT, 0)], self.service.correct_config(None), self.service.engine,
-                      self.service.grading_mode)
+        self.service.correct([CORRECT])
         return (time.perf_counter() - start) * 1000
 
 

@@ -31,6 +31,7 @@ sys.path.insert(0, str(ROOT))
 import httpx  # noqa: E402
 
 from lema.config import load_config  # noqa: E402
+from pipelines.correct import select_inaccurate  # noqa: E402
 from pipelines.stage_io import StageDir  # noqa: E402
 from services.config import load_service_config  # noqa: E402
 from services.loopback import serve_on_loopback  # noqa: E402
@@ -48,14 +49,14 @@ def run_adapter(run_dir: Path) -> str:
     return manifest["adapter_dir"]
 
 
-def inaccurate_paths(run_dir: Path, held_out: bool) -> list[dict]:
-    """Inaccurate paths sorted by id: the tuned model's wrong test answers (held out), or the
-    sample stage's wrong paths of training problems."""
+def inaccurate_paths(run_dir: Path, held_out: bool, max_paths: int | None) -> list[dict]:
+    """Inaccurate paths as the correct stage selects them: the tuned model's wrong test answers
+    (held out), or the sample stage's wrong paths of training problems."""
     if held_out:
         rows = [r for r in StageDir(run_dir, "evaluate").read_rows() if r["generator"].endswith("+adapter")]
     else:
         rows = StageDir(run_dir, "sample").read_rows()
-    return sorted((p for p in rows if not p["correct"] and not p.get("error")), key=lambda p: p["path_id"])
+    return select_inaccurate(rows, {}, max_paths)
 
 
 def smoke_run() -> Path:
@@ -96,7 +97,7 @@ def main(argv: list[str] | None = None) -> dict:
     run = load_config(run_dir / "config.yaml")
     base_model = run.base_model
     adapter = run_adapter(run_dir)
-    paths = inaccurate_paths(run_dir, held_out=not args.all_paths)[: args.max_paths]
+    paths = inaccurate_paths(run_dir, not args.all_paths, args.max_paths)
 
     common = ["corrector.prompt=zero_shot", f"corrector.sampling.max_tokens={args.max_tokens}",
               f"corrector.engine.model={base_model}", "corrector.timeout_s=1500", "request_timeout_s=1800",

@@ -19,6 +19,13 @@ class ConfigError(ValueError):
     """A configuration that cannot be used; the message names every bad key."""
 
 
+GradingMode = Literal["robust", "lema_compat"]
+"""robust (ours) or lema_compat (the LeMa paper's evaluation rules): lema.grading.MODES."""
+CorrectorPrompt = Literal["zero_shot", "few_shot", "json", "paper"]
+"""The corrector prompts: ours (zero_shot, few_shot, json) or the LeMa paper's layout (paper);
+lema.prompts.CORRECTOR_VARIANTS."""
+
+
 OPERATIONAL = {"operational": True}
 """`json_schema_extra` of fields that change how a stage runs, not what it produces (actors,
 batch sizes, API limits, prices): they stay out of stage hashes, so re-scaling a finished
@@ -211,8 +218,7 @@ class CorrectConfig(StrictModel):
     """llm: a model on an engine; reference: rebuilds synthetic problems' gold steps (offline)."""
     engine: EngineConfig = Field(default_factory=EngineConfig)
     sampling: SamplingConfig = Field(default_factory=lambda: SamplingConfig(max_tokens=512))
-    prompt: Literal["zero_shot", "few_shot", "json", "paper"] = "few_shot"
-    """Corrector prompt: ours (zero_shot, few_shot, json) or the LeMa paper's layout (paper)."""
+    prompt: CorrectorPrompt = "few_shot"
     k: int = Field(1, ge=1)
     """Corrections tried per path; the first verified one is kept."""
     max_paths: int | None = None
@@ -335,7 +341,7 @@ class LemaConfig(StrictModel):
     """Local path or a pyarrow filesystem URI (s3://...)."""
     dry_run: bool = False
     """Validate the config, print the plan, do nothing."""
-    grading_mode: Literal["robust", "lema_compat"] = "robust"
+    grading_mode: GradingMode = "robust"
     """The grading mode whose pass@1 heads the summary and report. Evaluation scores under both
     modes side by side; sampling and correction always grade `robust` (a path wrongly marked
     wrong would go to a paid corrector)."""

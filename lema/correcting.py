@@ -15,6 +15,7 @@ from lema.sampling import request_seed
 from lema.sources import grading_dataset
 
 REQUIRED_PATH_FIELDS = ("path_id", "problem_id", "question", "text", "answer")
+NOT_VERIFIED = "no gold answer given: parsed, not verified"
 
 
 def reference_replies(paths: list[dict[str, Any]]) -> tuple[list[list[str]], list[str | None]]:
@@ -44,7 +45,8 @@ def correct_paths(
 
     Args:
         paths: inaccurate Path dicts (with question, text, answer, dataset; `steps` for the
-            reference corrector).
+            reference corrector). An llm corrector takes `answer: None` (no gold, as in a
+            service request): the correction is parsed, not verified (`unverified`, NOT_VERIFIED).
         cfg: corrector kind, prompt variant, k tries, sampling.
         engine: an `lema.engines.Engine` for the llm corrector (None for reference).
     """
@@ -61,6 +63,8 @@ def correct_paths(
     todo: list[int] = []
     for i, p in enumerate(paths):
         missing = [k for k in REQUIRED_PATH_FIELDS if not isinstance(p.get(k), str) or not p.get(k)]
+        if cfg.corrector == "llm" and p.get("answer") is None:
+            missing.remove("answer")  # no gold: parse only
         if cfg.corrector == "reference" and not p.get("steps"):
             missing.append("steps")
         if missing:
@@ -93,13 +97,15 @@ def correct_paths(
             if isinstance(parsed, ParseFailure):
                 cand = _correction(p, label, "unparseable", raw=reply, reason=parsed.reason)
             else:
-                verdict = verify_correction(parsed, p["answer"], dataset, mode=grading_mode)
+                verdict = None if p["answer"] is None else verify_correction(
+                    parsed, p["answer"], dataset, mode=grading_mode)
+                verified = verdict is not None and verdict.correct
                 cand = _correction(
-                    p, label, "verified" if verdict.correct else "unverified", raw=reply,
+                    p, label, "verified" if verified else "unverified", raw=reply,
                     incorrect_step=parsed.incorrect_step, explanation=parsed.explanation,
-                    corrected_solution=parsed.corrected_solution,
-                    predicted_answer=verdict.predicted_answer, verified=verdict.correct,
-                    reason=None if verdict.correct else
+                    corrected_solution=parsed.corrected_solution, verified=verified,
+                    predicted_answer=verdict.predicted_answer if verdict else parsed.predicted_answer,
+                    reason=None if verified else NOT_VERIFIED if verdict is None else
                     f"corrected answer {verdict.predicted_answer!r} != gold {p['answer']!r}",
                 )
             cand.attempts, cand.tokens, cand.cost = attempt, tokens, cost

@@ -13,7 +13,14 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from lema.prompts import ANSWER_LINE, CORRECTION_JSON_SCHEMA, format_numbered, number_steps, split_solution
+from lema.prompts import (
+    ANSWER_LINE,
+    CORRECTION_JSON_SCHEMA,
+    format_numbered,
+    number_steps,
+    paper_steps,
+    split_solution,
+)
 
 if TYPE_CHECKING:
     from lema.grading import Verdict
@@ -54,10 +61,10 @@ def format_correction_reply(incorrect_step: int, explanation: str, corrected_sol
     head = f"Incorrect Step: Step {incorrect_step}.\nExplanation: {explanation.strip()}\nCorrect Solution:\n"
     if layout != "paper":
         return head + corrected_solution.strip()
-    steps, answer_line = split_solution(corrected_solution)
-    fixed = [*steps, *([answer_line] if answer_line else [])][incorrect_step - 1:]
+    fixed = paper_steps(*split_solution(corrected_solution))[incorrect_step - 1:]
     lines = ["..."] if incorrect_step > 1 else []
-    lines += [f"Step {i}: {text}" for i, text in enumerate(fixed, start=incorrect_step)]
+    if fixed:
+        lines.append(format_numbered(fixed, start=incorrect_step))
     return head + "{\n" + "\n".join(lines) + "\n}"
 
 

@@ -109,13 +109,13 @@ def load_prompt(name: str) -> PromptTemplate:
     return PromptTemplate(path.stem, data["user"].strip(), data.get("system"), examples, layout)
 
 
-def render_plain(messages: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
+def render_plain(messages: list[dict[str, str]]) -> str:
     """Chat messages as plain text, for models without a chat template (base models).
 
     The system message, then each user turn and its reply on the next line, turns separated by
-    a blank line; with `add_generation_prompt` the text ends after the last user turn's newline,
-    where the model continues. A prompt written for base models (the paper's "Question: ...
-    Answer: Let's think step by step.") thus reads exactly as written.
+    a blank line; the text ends after the last user turn's newline, where the model continues.
+    A prompt written for base models (the paper's "Question: ... Answer: Let's think step by
+    step.") thus reads exactly as written.
     """
     parts = [m["content"].strip() for m in messages if m["role"] == "system"]
     turns = [m for m in messages if m["role"] != "system"]
@@ -126,15 +126,20 @@ def render_plain(messages: list[dict[str, str]], add_generation_prompt: bool = T
             text += content + "\n"
         else:
             text += content + ("\n\n" if i < len(turns) - 1 else "")
-    return text if add_generation_prompt or not turns or turns[-1]["role"] != "user" else text[:-1]
+    return text
 
 
-def plain_stops(messages: list[dict[str, str]]) -> list[str]:
+def plain_stops(messages: list[dict[str, str]], stop: list[str] | None = None) -> list[str]:
     """Stop strings for a plain-text prompt: a base model that has answered goes on with the
-    next turn, which starts like the last user turn (its first line) or with "Question:"."""
+    next turn, which starts like the last user turn (its first line) or with "Question:".
+
+    With `stop` (the request's own stop strings), the merged list instead: `stop`, then those
+    of these not already in it, in that order.
+    """
     users = [m["content"].strip() for m in messages if m["role"] == "user"]
     first_line = users[-1].split("\n", 1)[0].strip()[:40] if users else ""
-    return [s for s in ("\n" + first_line if len(first_line) >= 8 else "", "\nQuestion:") if s]
+    own = [s for s in ("\n" + first_line if len(first_line) >= 8 else "", "\nQuestion:") if s]
+    return own if stop is None else [*stop, *(s for s in own if s not in stop)]
 
 
 def build_cot_messages(question: str, prompt: str = "cot") -> list[dict[str, str]]:
@@ -238,9 +243,14 @@ def number_steps(solution: str) -> list[str]:
     return split_solution(solution)[0]
 
 
-def format_numbered(steps: list[str]) -> str:
-    """"Step 1: ...\\nStep 2: ..." from a list of steps."""
-    return "\n".join(f"Step {i}: {step.strip()}" for i, step in enumerate(steps, 1))
+def format_numbered(steps: list[str], start: int = 1) -> str:
+    """"Step 1: ...\\nStep 2: ..." from a list of steps, numbered from `start`."""
+    return "\n".join(f"Step {i}: {step.strip()}" for i, step in enumerate(steps, start))
+
+
+def paper_steps(steps: list[str], answer_line: str | None) -> list[str]:
+    """The steps of the paper layout: the answer line (if any) numbered as the last step."""
+    return [*steps, *([answer_line] if answer_line else [])]
 
 
 def format_solution(solution: str, answer: str | None = None, layout: str = "lema") -> str:
@@ -257,5 +267,5 @@ def format_solution(solution: str, answer: str | None = None, layout: str = "lem
     if answer is not None:
         answer_line = ANSWER_LINE.format(answer=answer)
     if layout == "paper":
-        return "{\n" + format_numbered(steps + ([answer_line] if answer_line else [])) + "\n}"
+        return "{\n" + format_numbered(paper_steps(steps, answer_line)) + "\n}"
     return "\n".join(x for x in (format_numbered(steps), answer_line) if x)

@@ -25,6 +25,7 @@ from trl.data_utils import common_prefix_length
 from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
 from lema.config import LoraConfig
+from lema.engines import encode_prompt
 from lema.prompts import render_plain
 
 IGNORE_INDEX = -100  # label of tokens that carry no loss
@@ -57,8 +58,8 @@ def tokenize_chat(messages: Messages, tokenizer: Any, max_seq_len: int,
         raise ValueError("the last message must be the assistant target, got "
                          f"{messages[-1]['role'] if messages else 'no messages'!r}")
     if prompt_format == "plain":
-        prompt = tokenizer(render_plain(messages[:-1]))["input_ids"]
-        full = tokenizer(render_plain(messages, add_generation_prompt=False))["input_ids"]
+        prompt = encode_prompt(tokenizer, "plain", messages[:-1])  # as the engines send it
+        full = tokenizer(render_plain(messages))["input_ids"]
         full = full + [tokenizer.eos_token_id]
     else:
         prompt = tokenizer.apply_chat_template(

@@ -218,6 +218,11 @@ def _split(examples: list[Example], fraction: float, rng: random.Random):
 
 
 # ---------------------------------------------------------------- files
+def _suffix(target: str) -> str:
+    """The lower-case file suffix of a path or URI (a query string after "?" ignored)."""
+    return FilePath(target.split("?")[0]).suffix.lower()
+
+
 def write_examples(examples: list[Example], path: str | FilePath) -> str:
     """Write examples as JSONL (.jsonl/.json) or Parquet (.parquet), one row per example.
 
@@ -228,7 +233,7 @@ def write_examples(examples: list[Example], path: str | FilePath) -> str:
         The path written.
     """
     target = str(path)
-    suffix = FilePath(target.split("?")[0]).suffix.lower()
+    suffix = _suffix(target)
     if suffix not in (".jsonl", ".json", ".parquet"):
         raise ValueError(f"cannot write examples to {target!r}: suffix {suffix!r} is not one of "
                          ".jsonl, .json, .parquet")
@@ -246,7 +251,7 @@ def read_examples(path: str | FilePath) -> list[Example]:
     """Examples back from a file written by `write_examples` (any `lema.storage` URI)."""
     target = str(path)
     data = Storage(target).read_bytes()
-    if target.split("?")[0].lower().endswith(".parquet"):
+    if _suffix(target) == ".parquet":
         rows = pq.read_table(pa.BufferReader(data)).to_pylist()
     else:
         rows = [json.loads(line) for line in data.decode().splitlines() if line.strip()]

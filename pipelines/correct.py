@@ -20,18 +20,15 @@ from pipelines.stage_io import RunContext, StageDir
 class CorrectStage:
     """One actor: builds the corrector engine once, corrects a chunk of paths per call."""
 
-    def __init__(self, correct: dict[str, Any], threads: int, budget: Any = None):
+    def __init__(self, correct: dict[str, Any], cpus: float, budget: Any = None):
         self.cfg = CorrectConfig.model_validate(correct)
         self.engine = None
         self.label = "reference"
         if self.cfg.corrector == "llm":
             from lema.engines import build_engine
 
-            engine_cfg = self.cfg.engine
-            if engine_cfg.threads is None and engine_cfg.backend == "transformers":
-                engine_cfg = engine_cfg.model_copy(update={"threads": threads})
-            self.engine = build_engine(engine_cfg, budget)
-            self.label = engine_cfg.label
+            self.engine = build_engine(self.cfg.engine, budget, cpus)
+            self.label = self.cfg.engine.label
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list[str]]:
         out: dict[str, list[str]] = {"chunk_id": [], "records": [], "side": []}
@@ -60,7 +57,7 @@ def run_correct(ctx: RunContext, stage: StageDir, stage_hash: str) -> dict[str, 
     pool = cfg.correct.pool
     engine = cfg.correct.engine if cfg.correct.corrector == "llm" else None
     with stage_budget(engine) as budget:
-        ctor = {"correct": cfg.correct.model_dump(mode="json"), "threads": max(1, int(pool.num_cpus)),
+        ctor = {"correct": cfg.correct.model_dump(mode="json"), "cpus": pool.num_cpus,
                 "budget": budget}
         for _ in run_chunks(stage, todo, "path_id", CorrectStage, ctor, pool,
                             desc=f"correct ({cfg.correct.corrector})"):

@@ -35,7 +35,8 @@ def _fmt(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-def _save(fig, path: Storage) -> str:
+def save_png(fig, path: Storage) -> str:
+    """Lay out, write and close a matplotlib figure as a PNG at `path`; returns its file name."""
     import matplotlib.pyplot as plt
 
     fig.tight_layout()
@@ -69,7 +70,7 @@ def write_report(run_dir: Storage, stages: list[str]) -> str:
     }
     fig, ax = plt.subplots(figsize=(7, 3.2))
     _bar(ax, list(counts), list(counts.values()), "Records per stage")
-    plots.append(("Records per stage", _save(fig, root.join("counts.png"))))
+    plots.append(("Records per stage", save_png(fig, root.join("counts.png"))))
 
     # -- generators: accuracy and inaccurate-path rate
     per = m.get("sample", {}).get("per_generator", {})
@@ -78,7 +79,7 @@ def write_report(run_dir: Storage, stages: list[str]) -> str:
         _bar(axes[0], list(per), [g["accuracy"] for g in per.values()], "Generator accuracy", "{:.2f}", rate=True)
         _bar(axes[1], list(per), [g["inaccurate"] / max(1, g["paths"] - g["failed"]) for g in per.values()],
              "Inaccurate-path rate", "{:.2f}", rate=True)
-        plots.append(("Generators", _save(fig, root.join("generators.png"))))
+        plots.append(("Generators", save_png(fig, root.join("generators.png"))))
 
     # -- corrections: outcomes and where the first mistake falls
     corr = m.get("correct", {})
@@ -89,7 +90,7 @@ def write_report(run_dir: Storage, stages: list[str]) -> str:
              f"Correction outcomes (verified {corr.get('verification_rate', 0):.0%})")
         hist = corr.get("incorrect_step_histogram", {})
         _bar(axes[1], [f"step {k}" for k in hist], list(hist.values()), "First incorrect step")
-        plots.append(("Corrections", _save(fig, root.join("corrections.png"))))
+        plots.append(("Corrections", save_png(fig, root.join("corrections.png"))))
 
     # -- training loss curve
     hist = m.get("train", {}).get("history", [])
@@ -104,7 +105,7 @@ def write_report(run_dir: Storage, stages: list[str]) -> str:
         ax.set_xlabel("optimizer step")
         ax.set_title("Training loss")
         ax.legend()
-        plots.append(("Training", _save(fig, root.join("training_loss.png"))))
+        plots.append(("Training", save_png(fig, root.join("training_loss.png"))))
 
     # -- base vs adapter
     results = m.get("evaluate", {}).get("results", [])
@@ -125,7 +126,7 @@ def write_report(run_dir: Storage, stages: list[str]) -> str:
         fig, ax = plt.subplots(figsize=(6, 3.2))
         _bar(ax, [f"{r['dataset']}\n{r['variant']}" for r in results], [r["pass_at_1"] for r in results],
              "pass@1", "{:.3f}", rate=True)
-        plots.append(("Evaluation", _save(fig, root.join("evaluation.png"))))
+        plots.append(("Evaluation", save_png(fig, root.join("evaluation.png"))))
 
     # -- per stage: records, tokens, wall time, cost
     lines += ["## Stages", "", "| stage | key figures | tokens | wall s | cost $ |", "|---|---|---|---|---|"]

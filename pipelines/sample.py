@@ -18,15 +18,12 @@ from pipelines.stage_io import RunContext, StageDir
 class SampleStage:
     """One actor: builds its engine once, then samples and grades a chunk of problems per call."""
 
-    def __init__(self, generator: dict[str, Any], prompt: str, compat: bool, threads: int,
+    def __init__(self, generator: dict[str, Any], prompt: str, compat: bool, cpus: float,
                  budget: Any = None):
         from lema.engines import build_engine
 
         self.cfg = GeneratorConfig.model_validate(generator)
-        engine_cfg = self.cfg.engine
-        if engine_cfg.threads is None and engine_cfg.backend == "transformers":
-            engine_cfg = engine_cfg.model_copy(update={"threads": threads})
-        self.engine = build_engine(engine_cfg, budget)
+        self.engine = build_engine(self.cfg.engine, budget, cpus)
         self.prompt, self.compat = prompt, compat
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list[str]]:
@@ -50,7 +47,7 @@ def sample_chunks(cfg: LemaConfig, stage: StageDir, rows: list[dict[str, Any]], 
     """
     with stage_budget(gen.engine) as budget:
         ctor = {"generator": gen.model_dump(mode="json"), "prompt": cfg.sample.prompt, "compat": compat,
-                "threads": max(1, int(pool.num_cpus)), "budget": budget}
+                "cpus": pool.num_cpus, "budget": budget}
         for _ in run_chunks(stage, rows, "id", SampleStage, ctor, pool, desc=desc, prefix=prefix):
             pass
 

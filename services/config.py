@@ -9,16 +9,21 @@ Ray's own model with unknown keys refused.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
 
 from pydantic import ConfigDict, Field
 from ray.serve.config import AutoscalingConfig, BackpressureConfig
 
-from lema.config import ConfigError, EngineConfig, SamplingConfig, StrictModel, load_config
+from lema.config import (
+    ConfigError,
+    CorrectorPrompt,
+    EngineConfig,
+    GradingMode,
+    SamplingConfig,
+    StrictModel,
+    load_config,
+)
 
 DEFAULT_CONFIG = Path(__file__).parent / "service.yaml"
-CorrectorPrompt = Literal["zero_shot", "few_shot", "json", "paper"]
-"""The corrector prompts a request may pick: lema.prompts.CORRECTOR_VARIANTS (never a path)."""
 
 
 class StrictAutoscalingConfig(AutoscalingConfig):
@@ -108,7 +113,7 @@ class LimitsConfig(StrictModel):
 
 
 class ServiceConfig(StrictModel):
-    grading_mode: Literal["robust", "lema_compat"] = "robust"
+    grading_mode: GradingMode = "robust"
     """How corrections are verified and how /v1/grade grades when a request names no mode."""
     request_timeout_s: float = Field(120.0, gt=0)
     """A whole HTTP request, enforced by the app itself (408), whatever `x-request-timeout-seconds`

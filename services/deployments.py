@@ -19,12 +19,12 @@ from ray.exceptions import RayActorError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.handle import DeploymentHandle, DeploymentResponse
 
-from lema.engines import EngineError, build_engine
+from lema.engines import EngineError
 from pipelines.budget import named_budget
 from services.api import ServiceError, build_api
 from services.auth import parse_api_keys
 from services.config import CorrectorConfig, ServiceConfig
-from services.serving import CorrectionService, grade_requests
+from services.serving import build_correction_service, grade_requests
 
 log = logging.getLogger("ray.serve")  # lands in the replica's Serve log
 READY_TIMEOUT_S = 5.0  # /readyz: how long the corrector has to answer
@@ -36,13 +36,10 @@ class Corrector:
 
     def __init__(self, cfg: dict[str, Any], grading_mode: str):
         corrector = CorrectorConfig.model_validate(cfg)
-        engine_cfg = corrector.engine
-        if engine_cfg.backend == "transformers" and engine_cfg.threads is None:
-            engine_cfg = engine_cfg.model_copy(update={"threads": max(1, int(corrector.deployment.num_cpus))})
         budget = None
-        if engine_cfg.backend == "openai":  # one API budget for all replicas of this app
-            budget = named_budget(f"{serve.get_replica_context().app_name}-corrector-budget", engine_cfg.openai)
-        self.service = CorrectionService(build_engine(engine_cfg, budget), corrector, grading_mode)
+        if corrector.engine.backend == "openai":  # one API budget for all replicas of this app
+            budget = named_budget(f"{serve.get_replica_context().app_name}-corrector-budget", corrector.engine.openai)
+        self.service = build_correction_service(corrector, grading_mode, budget)
         self.correct.set_max_batch_size(corrector.max_batch_size)
         self.correct.set_batch_wait_timeout_s(corrector.batch_wait_timeout_s)
 

@@ -12,10 +12,10 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from services.config import CorrectorPrompt, LimitsConfig
+from lema.config import CorrectorPrompt, GradingMode
+from services.config import LimitsConfig
 
 Status = Literal["verified", "unverified", "unparseable", "failed"]
-GradingMode = Literal["robust", "lema_compat"]
 DATASET_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-/]{0,63}$"
 Dataset = Annotated[
     str,

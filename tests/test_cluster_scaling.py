@@ -43,31 +43,15 @@ def fake_cluster():
 
     if ray.is_initialized():  # the suite's shared local cluster is up in this process
         pytest.skip("run the cluster tests in a pytest run of their own: pytest -m cluster")
-    cluster = FakeAutoscalingCluster(
-        head_resources={"CPU": 0},
-        worker_types={"gpu_1x": {"resources": {"CPU": 1, "GPU": 1, "object_store_memory": 200 * 1024**2},
-                                 "min_workers": 0, "max_workers": GPU_NODES}},
-        idle_timeout_s=IDLE_TIMEOUT_S,
-        env=SERVE_ENV,
-    )
+    cluster = FakeAutoscalingCluster.with_gpu_workers(GPU_NODES, idle_timeout_s=IDLE_TIMEOUT_S, env=SERVE_ENV)
     cluster.start()
     try:
-        ray.init(address=cluster.address, log_to_driver=False, configure_logging=False)
-        ray.data.DataContext.get_current().enable_progress_bars = False
+        cluster.connect()
         yield cluster
     finally:
         ray.shutdown()
         left = cluster.stop()
     assert not left, f"processes of the fake cluster outlived stop(): {left}"
-
-
-def _wait_for(predicate, timeout_s: float) -> bool:
-    deadline = time.time() + timeout_s
-    while time.time() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.5)
-    return predicate()
 
 
 def test_sample_stage_scales_gpu_workers_from_zero_and_back(fake_cluster, tiny_model, tmp_path, capsys):
@@ -83,11 +67,11 @@ def test_sample_stage_scales_gpu_workers_from_zero_and_back(fake_cluster, tiny_m
 
     timeline, stop_watching = fake_cluster.watch()
     try:
-        assert _wait_for(lambda: timeline.samples, 10)
+        assert timeline.wait_until(lambda: timeline.samples, 10)
         assert timeline.samples[0]["gpu_nodes"] == 0  # head only
         manifest = run_sample(ctx, stage, "h")
         done_at = timeline.elapsed()
-        gone = _wait_for(lambda: timeline.last("gpu_nodes") == 0, 60 + 10 * IDLE_TIMEOUT_S)
+        gone = timeline.wait_until(lambda: timeline.last("gpu_nodes") == 0, fake_cluster.idle_wait_s)
     finally:
         stop_watching.set()
 
@@ -159,13 +143,13 @@ def test_service_corrector_scales_gpu_workers_from_zero_and_back(fake_cluster, t
     with serve_on_loopback({APP: cfg}) as base_url:
         timeline, stop_watching = fake_cluster.watch(extra=_corrector_replicas)
         try:
-            assert _wait_for(lambda: timeline.samples, 10)
+            assert timeline.wait_until(lambda: timeline.samples, 10)
             statuses = asyncio.run(_drive_load(
                 f"{base_url}/{APP}", hold_s=HOLD_S, deadline_s=120,
                 until=lambda: timeline.last("corrector_replicas") == timeline.last("gpu_nodes") == GPU_NODES))
             load_stopped_at = timeline.elapsed()
-            back = _wait_for(lambda: timeline.last("corrector_replicas") == timeline.last("gpu_nodes") == 0,
-                             60 + 10 * IDLE_TIMEOUT_S)
+            back = timeline.wait_until(lambda: timeline.last("corrector_replicas") == timeline.last("gpu_nodes") == 0,
+                                       fake_cluster.idle_wait_s)
         finally:
             stop_watching.set()
 

@@ -189,27 +189,25 @@ VS_MATH_VERIFY = [  # (gold, prediction, equivalent)
 ]
 
 
-def _math_verify(gold: str, prediction: str, wrap_gold: bool) -> bool:
-    from math_verify import parse, verify
-
-    return bool(verify(parse(f"${gold}$" if wrap_gold else gold), parse(prediction)))
-
-
 @pytest.mark.parametrize("gold, prediction, expected", VS_MATH_VERIFY)
 def test_right_where_math_verify_is_wrong(gold, prediction, expected):
+    from benchmarks.math_verify_baseline import math_verify_fair  # imports math-verify
+
     assert grade(prediction, gold, "math").correct is expected
-    if _math_verify(gold, prediction, wrap_gold=True) is expected:
+    if math_verify_fair(gold, prediction) is expected:
         pytest.skip("math-verify ($-wrapped gold) now gets this case right too")
 
 
 def test_agreement_figures_against_math_verify_each_named(capsys):
     """The table's figures: ours, math-verify called fairly ($-wrapped gold), and bare."""
+    from benchmarks.math_verify_baseline import math_verify_bare, math_verify_fair  # imports math-verify
+
     cases = [(p, g, expected) for g, p, expected in VS_MATH_VERIFY]
     cases += [(a, b, True) for a, b, d in EQUAL if d != "gsm8k"] + [(a, b, False) for a, b, d in NOT_EQUAL
                                                                       if d != "gsm8k"]
     ours = sum(grade(p, g, "math").correct is e for p, g, e in cases)
-    fair = sum(_math_verify(g, p, wrap_gold=True) is e for p, g, e in cases)
-    bare = sum(_math_verify(g, p, wrap_gold=False) is e for p, g, e in cases)
+    fair = sum(math_verify_fair(g, p) is e for p, g, e in cases)
+    bare = sum(math_verify_bare(g, p) is e for p, g, e in cases)
     with capsys.disabled():
         print(f"\n{len(cases)} grader cases: ours {ours}, math-verify fair ($-wrapped gold) {fair}, "
               f"math-verify bare call {bare}")

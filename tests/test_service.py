@@ -14,10 +14,10 @@ from hypothesis import HealthCheck, given, settings
 from schemathesis.checks import not_a_server_error
 from schemathesis.generation.modes import GenerationMode
 
+from lema.correcting import NOT_VERIFIED
 from lema.correction import format_correction_reply
 from services.config import load_service_config
 from services.loopback import serve_on_loopback
-from services.serving import NOT_VERIFIED
 from tests.fakes import FakeBehaviour, FakeOpenAIServer
 
 KEYS = ("key-one", "key-two")

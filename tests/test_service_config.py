@@ -84,3 +84,20 @@ def test_api_keys_are_comma_separated(value, keys):
 
 def test_requests_may_pick_every_corrector_prompt_and_nothing_else():
     assert set(get_args(CorrectorPrompt)) == set(CORRECTOR_VARIANTS)
+
+
+def test_a_vllm_corrector_builds_its_correct_configs():
+    """The correct stage's pool check (pool.num_gpus = tensor_parallel_size) is the pipeline's: a
+    vLLM Corrector replica reserves its GPU through its deployment, and its requests still run."""
+    from lema.config import EngineConfig
+    from lema.engines import build_engine
+    from services.serving import CorrectionService
+
+    cfg = load_service_config(None, ["corrector.engine.backend=vllm", "corrector.deployment.num_gpus=1",
+                                     "corrector.sampling.max_tokens=8"])
+    service = CorrectionService(build_engine(EngineConfig(model="tiny")), cfg.corrector)  # vLLM needs a GPU
+    request = {"question": "Ann has 3 boxes of 4 pens. How many pens?",
+               "solution": "Step 1: 3 + 4 = 7.\nThe answer is 7."}
+    results = service.correct([request, {**request, "answer": "12", "prompt": "paper"}])
+    assert [r["status"] in ("unverified", "unparseable", "failed", "verified") for r in results] == [True, True]
+    assert results[0]["verified"] is None and results[1]["verified"] is False

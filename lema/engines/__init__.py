@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from lema.config import EngineConfig, SamplingConfig
+from lema.prompts import render_plain
 
 if TYPE_CHECKING:
     from lema.engines.budget import Budget
@@ -136,17 +137,53 @@ def resolve_prompt_format(cfg_format: str, tok: Any, model: str) -> str:
     return cfg_format
 
 
-def build_engine(cfg: EngineConfig, budget: Budget | None = None) -> Engine:
+def encode_prompt(tok: Any, prompt_format: str, messages: Messages) -> list[int]:
+    """The prompt token ids a local engine sends for one request: the chat template with its
+    generation prompt, or (`plain`) the text of `lema.prompts.render_plain`, BOS first if the
+    tokenizer adds one."""
+    if prompt_format == "plain":
+        return tok(render_plain(messages))["input_ids"]
+    text = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    return tok(text, add_special_tokens=False)["input_ids"]
+
+
+def encode_requests(
+    tok: Any, prompt_format: str, requests: list[Messages]
+) -> tuple[dict[int, list[int]], list[RequestOutput | None]]:
+    """Encode each request with `encode_prompt`; one whose chat template fails fails alone.
+
+    Returns:
+        (prompt ids by request index, in index order; one slot per request: None, or the
+        error output of a request that could not be rendered).
+    """
+    from jinja2 import TemplateError
+
+    encoded: dict[int, list[int]] = {}
+    outputs: list[RequestOutput | None] = [None] * len(requests)
+    for i, messages in enumerate(requests):
+        try:
+            encoded[i] = encode_prompt(tok, prompt_format, messages)
+        except (TemplateError, ValueError, TypeError, KeyError) as e:  # fails alone
+            outputs[i] = RequestOutput(error=f"cannot render the chat template: {e}")
+    return encoded, outputs
+
+
+def build_engine(cfg: EngineConfig, budget: Budget | None = None, cpus: float | None = None) -> Engine:
     """Build the engine `cfg.backend` names (loads the model / opens the client).
 
     Args:
         budget: for the openai backend, an API budget shared with other engines (a stage's
             actor pool shares one); None gives the engine its own from `cfg.openai`.
+        cpus: the CPUs the calling actor or replica reserves: a transformers engine whose
+            `threads` is unset runs that many torch threads.
     Raises:
         ValueError: for an unknown backend, naming the valid ones.
     """
     if cfg.backend == "transformers":
         from lema.engines.transformers_engine import TransformersEngine
+
+        if cfg.threads is None and cpus is not None:
+            cfg = cfg.model_copy(update={"threads": max(1, int(cpus))})
 
         return TransformersEngine(cfg)
     if cfg.backend == "vllm":
@@ -171,6 +208,8 @@ __all__ = [
     "RequestOutput",
     "add_output_stats",
     "build_engine",
+    "encode_prompt",
+    "encode_requests",
     "new_stats",
     "release_torch_memory",
     "resolve_prompt_format",

@@ -208,8 +208,7 @@ class OpenAIEngine:
     ) -> RequestOutput:
         self._stats["requests"] += 1
         if self.prompt_format == "plain":
-            sampling = sampling.model_copy(update={"stop": [
-                *sampling.stop, *(s for s in plain_stops(messages) if s not in sampling.stop)]})
+            sampling = sampling.model_copy(update={"stop": plain_stops(messages, sampling.stop)})
         key = request_key(self.model, messages, sampling, json_schema) if self.cache else ""
         if self.cache is not None and (hit := self.cache.get(key)) is not None:
             self._stats["cache_hits"] += 1

@@ -20,11 +20,12 @@ from lema.engines import (
     Messages,
     RequestOutput,
     add_output_stats,
+    encode_requests,
     new_stats,
     release_torch_memory,
     resolve_prompt_format,
 )
-from lema.prompts import plain_stops, render_plain
+from lema.prompts import plain_stops
 from lema.storage import local_path
 
 log = logging.getLogger(__name__)
@@ -91,12 +92,6 @@ class TransformersEngine:
         return merged
 
     # ------------------------------------------------------------ prompts
-    def _encode(self, messages: Messages) -> list[int]:
-        if self.prompt_format == "plain":  # a base model: BOS (if it has one) + plain text
-            return self.tok(render_plain(messages))["input_ids"]
-        text = self.tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        return self.tok(text, add_special_tokens=False)["input_ids"]
-
     def _generation_config(self, sampling: SamplingConfig, n: int):
         from transformers import GenerationConfig
 
@@ -123,17 +118,10 @@ class TransformersEngine:
     ) -> list[RequestOutput]:
         """See `Engine.generate`; `json_schema` is not enforced by this backend."""
         import torch
-        from jinja2 import TemplateError
 
         start = time.perf_counter()
         seeds = seeds if seeds is not None else [sampling.seed] * len(requests)
-        outputs: list[RequestOutput | None] = [None] * len(requests)
-        encoded: dict[int, list[int]] = {}
-        for i, messages in enumerate(requests):
-            try:
-                encoded[i] = self._encode(messages)
-            except (TemplateError, ValueError, TypeError, KeyError) as e:  # fails alone
-                outputs[i] = RequestOutput(error=f"cannot render the chat template: {e}")
+        encoded, outputs = encode_requests(self.tok, self.prompt_format, requests)
         if self.prompt_format == "plain":  # a base model goes on past its answer: stop it
             extra = sorted({s for i in encoded for s in plain_stops(requests[i])} - set(sampling.stop))
             sampling = sampling.model_copy(update={"stop": [*sampling.stop, *extra]})

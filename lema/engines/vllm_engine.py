@@ -24,11 +24,12 @@ from lema.engines import (
     Messages,
     RequestOutput,
     add_output_stats,
+    encode_requests,
     new_stats,
     release_torch_memory,
     resolve_prompt_format,
 )
-from lema.prompts import plain_stops, render_plain
+from lema.prompts import plain_stops
 from lema.storage import local_path
 
 _FINISH = {"stop": "stop", "length": "length"}  # anything else ("abort", None) is an error
@@ -78,12 +79,6 @@ class VLLMEngine:
         self._lock = threading.Lock()
         self._stats = new_stats()
 
-    def _encode(self, messages: Messages) -> list[int]:
-        if self.prompt_format == "plain":
-            return self.tok(render_plain(messages))["input_ids"]
-        text = self.tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        return self.tok(text, add_special_tokens=False)["input_ids"]
-
     def _params(self, sampling: SamplingConfig, seed: int | None, stop: list[str],
                 json_schema: dict | None):
         from vllm import SamplingParams
@@ -109,26 +104,19 @@ class VLLMEngine:
     ) -> list[RequestOutput]:
         """See `Engine.generate`. A request whose prompt leaves no room for a completion in
         `max_model_len` (or cannot be rendered) fails alone; the rest run in one call."""
-        from jinja2 import TemplateError
         from vllm.inputs import TokensPrompt
 
         start = time.perf_counter()
         seeds = seeds if seeds is not None else [sampling.seed] * len(requests)
-        outputs: list[RequestOutput | None] = [None] * len(requests)
+        encoded, outputs = encode_requests(self.tok, self.prompt_format, requests)
         prompts, params, index = [], [], []
-        for i, messages in enumerate(requests):
-            try:
-                ids = self._encode(messages)
-            except (TemplateError, ValueError, TypeError, KeyError) as e:
-                outputs[i] = RequestOutput(error=f"cannot render the chat template: {e}")
-                continue
+        plain = self.prompt_format == "plain"
+        for i, ids in encoded.items():
             if len(ids) >= self.max_model_len:
                 outputs[i] = RequestOutput(error=f"prompt of {len(ids)} tokens does not fit "
                                                  f"max_model_len {self.max_model_len}")
                 continue
-            stop = list(sampling.stop)
-            if self.prompt_format == "plain":
-                stop += [s for s in plain_stops(messages) if s not in stop]
+            stop = plain_stops(requests[i], sampling.stop) if plain else list(sampling.stop)
             prompts.append(TokensPrompt(prompt_token_ids=ids))
             params.append(self._params(sampling, seeds[i], stop, json_schema))
             index.append(i)

@@ -81,6 +81,15 @@ class NodeTimeline:
     def last(self, key: str) -> float:
         return self.samples[-1][key] if self.samples else 0
 
+    def wait_until(self, predicate: Callable[[], Any], timeout_s: float) -> bool:
+        """Poll `predicate()` every half second until it holds or `timeout_s` passed; whether it held."""
+        deadline = time.time() + timeout_s
+        while time.time() < deadline:
+            if predicate():
+                return True
+            time.sleep(0.5)
+        return bool(predicate())
+
     def keys(self) -> list[str]:
         """The counts sampled: the node counts, then the extras."""
         return [k for k in self.samples[0] if k != "t"] if self.samples else list(COLUMNS)
@@ -126,7 +135,8 @@ class NodeTimeline:
 
 
 class FakeAutoscalingCluster:
-    """`with FakeAutoscalingCluster(...) as c:` starts the head; `c.address` is its GCS address.
+    """`c.start()` starts the head (`c.address` is its GCS address), `c.connect()` makes this
+    process its driver, `c.stop()` ends the cluster (`ray.shutdown()` first).
 
     Args:
         head_resources: the head's resources ({"CPU": 0}: no work lands on it, as on cluster.yaml's head).
@@ -144,6 +154,24 @@ class FakeAutoscalingCluster:
         self.address = f"127.0.0.1:{self.port}"
         self.proc: subprocess.Popen | None = None
         self.dir = Path(tempfile.mkdtemp(prefix="lema-fc-"))  # short: Ray's socket paths have a length limit
+
+    @classmethod
+    def with_gpu_workers(cls, max_workers: int, idle_timeout_s: float = 6.0,
+                         env: dict[str, str] | None = None) -> FakeAutoscalingCluster:
+        """A head without CPUs (as cluster.yaml's) and one worker type, `gpu_1x`, advertising
+        1 CPU and a fake GPU, from 0 up to `max_workers` nodes."""
+        return cls(
+            head_resources={"CPU": 0},
+            worker_types={"gpu_1x": {"resources": {"CPU": 1, "GPU": 1, "object_store_memory": 200 * 1024**2},
+                                     "min_workers": 0, "max_workers": max_workers}},
+            idle_timeout_s=idle_timeout_s,
+            env=env,
+        )
+
+    @property
+    def idle_wait_s(self) -> float:
+        """How long to wait for idle worker nodes to go: the idle timeout with ample slack."""
+        return 60 + 10 * self.idle_timeout_s
 
     # ------------------------------------------------------------ start / stop
     def start(self, timeout_s: float = 90.0) -> None:
@@ -211,12 +239,12 @@ class FakeAutoscalingCluster:
             shutil.rmtree(self.dir, ignore_errors=True)
         return left
 
-    def __enter__(self) -> FakeAutoscalingCluster:
-        self.start()
-        return self
+    def connect(self) -> None:
+        """Join the started cluster as this process's driver, with Ray Data's progress bars off."""
+        import ray
 
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+        ray.init(address=self.address, log_to_driver=False, configure_logging=False)
+        ray.data.DataContext.get_current().enable_progress_bars = False
 
     # ------------------------------------------------------------ watching
     def watch(self, every_s: float = 0.5,
