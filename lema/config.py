@@ -85,6 +85,10 @@ class SamplingConfig(StrictModel):
     """Sampling seed; with a seed, the same request gives the same completions."""
 
 
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+"""The LoRA ranks vLLM accepts for `max_lora_rank` (vllm.config.lora.LoRAConfig)."""
+
+
 class VLLMOptions(StrictModel):
     tensor_parallel_size: int = Field(1, ge=1, json_schema_extra=OPERATIONAL)
     """GPUs one engine spans; the actor pool must reserve as many (`pool.num_gpus`)."""
@@ -92,7 +96,18 @@ class VLLMOptions(StrictModel):
     max_model_len: int | None = None
     """Longest prompt + completion in tokens; a longer prompt fails alone with its reason."""
     max_lora_rank: int = Field(64, json_schema_extra=OPERATIONAL)
+    """Largest LoRA rank the engine serves: one of VLLM_LORA_RANKS, at least the adapter's `r`."""
     enforce_eager: bool = Field(False, json_schema_extra=OPERATIONAL)
+    """No CUDA graphs / torch.compile: a faster start (about 1 min instead of 3 on a CPU)."""
+    cpu_kvcache_gb: int = Field(1, ge=1, json_schema_extra=OPERATIONAL)
+    """device cpu: the KV cache in GiB (vLLM's own default takes 4, a third of a small node)."""
+
+    @model_validator(mode="after")
+    def _rank(self) -> VLLMOptions:
+        if self.max_lora_rank not in VLLM_LORA_RANKS:
+            raise ValueError(f"max_lora_rank {self.max_lora_rank} is not one vLLM serves: "
+                             f"choose one of {list(VLLM_LORA_RANKS)}")
+        return self
 
 
 class OpenAIOptions(StrictModel):
@@ -188,13 +203,19 @@ class PoolConfig(StrictModel):
 
 
 def _check_vllm_gpus(engines: list[tuple[str, EngineConfig]], pool: PoolConfig, where: str) -> None:
-    """A vLLM engine spans `tensor_parallel_size` GPUs: its actor must reserve exactly those."""
+    """A vLLM engine spans `tensor_parallel_size` GPUs: its actor must reserve exactly those (none
+    on the CPU, where it runs on the actor's CPUs)."""
     for key, engine in engines:
+        if engine.backend != "vllm":
+            continue
         tp = engine.vllm.tensor_parallel_size
-        if engine.backend == "vllm" and pool.num_gpus != tp:
+        if engine.device == "cpu" and (pool.num_gpus != 0 or tp != 1):
+            raise ValueError(f"{key}.device is cpu: set {where}.pool.num_gpus to 0 and "
+                             f"vllm.tensor_parallel_size to 1 (got {pool.num_gpus:g} and {tp})")
+        if engine.device != "cpu" and pool.num_gpus != tp:
             raise ValueError(f"{key}.vllm.tensor_parallel_size is {tp} but {where}.pool.num_gpus is "
                              f"{pool.num_gpus:g}: set num_gpus to {tp} (one actor holds the whole engine)")
-        if engine.backend == "vllm" and pool.calls_per_actor > 1:
+        if pool.calls_per_actor > 1:
             raise ValueError(f"{where}.pool.calls_per_actor must be 1 for a vllm engine "
                              "(one offline engine per actor is not thread-safe)")
 
@@ -268,8 +289,8 @@ class TrainConfig(StrictModel):
     """Start from this LoRA adapter's weights (any storage URI; same rank and target modules as
     `lora`), e.g. continue a CoT-tuned adapter on CoT + corrections."""
     load_in_4bit: bool = False
-    """QLoRA: the frozen base model in 4-bit NF4 with double quantisation (bitsandbytes, GPU
-    only; imported only then)."""
+    """QLoRA: the frozen base model in 4-bit NF4 with double quantisation (bitsandbytes, on CUDA
+    or the CPU; imported only then)."""
     optimizer: Literal["adamw", "paged_adamw_32bit"] = "adamw"
     """adamw (torch), or bitsandbytes' paged AdamW with 32-bit states (the paper's QLoRA runs)."""
     lr_scheduler: Literal["cosine", "constant"] = "cosine"
@@ -294,11 +315,16 @@ class TrainConfig(StrictModel):
     num_workers: int = Field(1, ge=1)
     """Data-parallel workers (DDP); each takes `batch_size` examples a micro-batch."""
     use_gpu: bool = False
+    placement_strategy: Literal["STRICT_PACK", "PACK", "SPREAD"] = Field("STRICT_PACK", json_schema_extra=OPERATIONAL)
+    """Where Ray puts the workers: STRICT_PACK all on one node (one gpu-4x node, not four gpu-1x
+    nodes left idle by sampling: NVLink instead of the network for DDP); PACK for a job larger
+    than a node."""
     cpus_per_worker: float = Field(1.0, json_schema_extra=OPERATIONAL)
     max_failures: int = Field(2, json_schema_extra=OPERATIONAL)
     """Worker failures tolerated; training resumes from the last checkpoint."""
     merge: bool = False
-    """Also save the adapter merged into the base weights."""
+    """Also save the adapter merged into the base weights (with load_in_4bit: into the base
+    loaded again unquantised, never re-quantised)."""
     seed: int = 0
     max_grad_norm: float | None = 1.0
     """Clip the gradient norm to this (None: no clipping)."""
@@ -360,6 +386,16 @@ class LemaConfig(StrictModel):
     def _base_model(self) -> LemaConfig:
         if not self.sample.generators and not self.train.base_model:
             raise ValueError("sample.generators is empty: set train.base_model (the model to tune)")
+        return self
+
+    @model_validator(mode="after")
+    def _lora_rank_served(self) -> LemaConfig:
+        """The adapter the train stage makes must load in the evaluate stage's vLLM engine."""
+        engine, r = self.evaluate.engine, self.train.lora.r
+        if engine.backend == "vllm" and r > engine.vllm.max_lora_rank:
+            raise ValueError(f"train.lora.r is {r} but evaluate.engine.vllm.max_lora_rank is "
+                             f"{engine.vllm.max_lora_rank}: vLLM could not load the adapter after training; "
+                             f"set max_lora_rank to one of {[x for x in VLLM_LORA_RANKS if x >= r]}")
         return self
 
     @property

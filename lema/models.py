@@ -71,6 +71,7 @@ def _build_packaged(out: Path) -> None:
 
 
 def _build_tiny(out: Path, hidden: int = 64, layers: int = 2) -> None:
+    """Heads of 32 dims: the smallest vLLM's CPU attention serves."""
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
@@ -81,8 +82,8 @@ def _build_tiny(out: Path, hidden: int = 64, layers: int = 2) -> None:
         hidden_size=hidden,
         intermediate_size=hidden * 2,
         num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
+        num_attention_heads=hidden // 32,
+        num_key_value_heads=max(1, hidden // 64),
         max_position_embeddings=2048,
         bos_token_id=tok.bos_token_id,
         eos_token_id=tok.eos_token_id,
@@ -109,7 +110,7 @@ def resolve_model(name: str) -> str:
                 raise ValueError(f"model {name!r}: expected tiny or tiny-<hidden>x<layers>") from e
         return str(
             _build_once(
-                cache_dir() / "models" / f"tiny-{hidden}x{layers}",
+                cache_dir() / "models" / f"tiny-{hidden}x{layers}-d32",  # d32: head dims (earlier 16)
                 lambda out: _build_tiny(out, hidden, layers),
             )
         )
@@ -124,7 +125,7 @@ def load_model_and_tokenizer(name: str, dtype: str = "auto", device: str = "auto
         dtype: auto (bf16 on GPU, fp32 on CPU), float32, bfloat16 or float16.
         device: auto, cpu, cuda or cuda:N.
         load_in_4bit: QLoRA's frozen base: NF4 weights with double quantisation, computing in
-            `dtype`, placed on `device` at load (bitsandbytes; GPU only).
+            `dtype`, placed on `device` at load (bitsandbytes, on CUDA or the CPU).
     """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -141,8 +142,6 @@ def load_model_and_tokenizer(name: str, dtype: str = "auto", device: str = "auto
     if load_in_4bit:
         from transformers import BitsAndBytesConfig
 
-        if not device.startswith("cuda"):
-            raise ValueError("load_in_4bit (QLoRA) needs a CUDA GPU")
         quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                                    bnb_4bit_compute_dtype=getattr(torch, dtype))
         model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype), quantization_config=quant,

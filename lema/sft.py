@@ -189,6 +189,14 @@ def _to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str
     return {k: v.to(device) for k, v in batch.items()}
 
 
+def _autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA: peft keeps LoRA weights in fp32, whose matmuls would otherwise run
+    in fp32 beside a bf16 base; nothing on the CPU (fp32 there)."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
 def _label_count(labels: torch.Tensor) -> int:
     """Tokens that carry loss (labels are shifted by one inside the model)."""
     return int((labels[:, 1:] != IGNORE_INDEX).sum())
@@ -222,7 +230,8 @@ def train_step(
         batch = _to_device(batch, device)
         last = j == len(micro_batches) - 1
         with contextlib.nullcontext() if last or world == 1 else model.no_sync():
-            out = model(**batch, num_items_in_batch=n_labels)  # this worker's sum / global count
+            with _autocast(device):
+                out = model(**batch, num_items_in_batch=n_labels)  # this worker's sum / global count
             (out.loss * world).backward()
         loss_sum += float(out.loss.detach()) * n_labels
         tokens += int(batch["attention_mask"].sum())
@@ -255,7 +264,8 @@ def evaluate_loss(
         count = _label_count(batch["labels"])
         if count == 0:
             continue
-        out = model(**batch, num_items_in_batch=count)
+        with _autocast(device):
+            out = model(**batch, num_items_in_batch=count)
         loss_sum += float(out.loss) * count
         n += count
     model.train()
@@ -352,11 +362,26 @@ def save_training_state(
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
             "rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
             "extra": extra or {},
         },
         out / STATE_FILE,
     )
     (out / HISTORY_FILE).write_text(json.dumps(history))
+
+
+def merge_adapter(base_model: str, adapter_dir: str | Path, out_dir: str | Path, dtype: str) -> None:
+    """Save the base model with the adapter merged into its weights, loaded anew in `dtype` on
+    the CPU: a QLoRA adapter merges into the unquantised base (never into 4-bit weights that
+    would be re-quantised, losing the update), and the training model is left as it is."""
+    from peft import PeftModel
+
+    from lema.models import load_model_and_tokenizer
+
+    base, tokenizer = load_model_and_tokenizer(base_model, dtype=dtype, device="cpu")
+    merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
+    merged.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
 
 
 def load_adapter_weights(model: Any, adapter_dir: str | Path) -> None:
@@ -392,5 +417,7 @@ def load_training_state(
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     torch.set_rng_state(state["rng"])
+    if state.get("cuda_rng") is not None and torch.cuda.is_available():  # dropout masks on the GPU
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
     history = json.loads((src / HISTORY_FILE).read_text())
     return state["step"], history, state["extra"]

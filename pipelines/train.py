@@ -86,7 +86,7 @@ def _save_checkpoint_and_report(
     """Rank 0 writes the checkpoint (plus final artifacts); every rank reports (a barrier)."""
     import ray.train
 
-    from lema.sft import ADAPTER_DIR, save_training_state
+    from lema.sft import ADAPTER_DIR, merge_adapter, save_training_state
 
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = None
@@ -97,9 +97,8 @@ def _save_checkpoint_and_report(
             if final:
                 state["tokenizer"].save_pretrained(Path(tmp) / ADAPTER_DIR)
                 if state["merge"]:
-                    merged = model.merge_and_unload()
-                    merged.save_pretrained(Path(tmp) / "merged")
-                    state["tokenizer"].save_pretrained(Path(tmp) / "merged")
+                    merge_adapter(state["base_model"], Path(tmp) / ADAPTER_DIR, Path(tmp) / "merged",
+                                  state["dtype"])
             checkpoint = ray.train.Checkpoint.from_directory(tmp)
         ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=f"checkpoint_{step:06d}")
 
@@ -122,6 +121,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
     torch.manual_seed(cfg.seed)
+    if device.type == "cuda":  # TF32 for what autocast leaves in fp32 (norms, the loss)
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
 
     # ---- model and data
     dtype = "bfloat16" if device.type == "cuda" else "float32"
@@ -135,7 +137,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     if cfg.load_in_4bit:  # QLoRA: norms in fp32, inputs that carry gradients to the adapter
         from peft import prepare_model_for_kbit_training
 
-        base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=cfg.gradient_checkpointing)
+        base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=cfg.gradient_checkpointing,
+                                               gradient_checkpointing_kwargs={"use_reentrant": False})
     elif cfg.gradient_checkpointing:
         base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         base.enable_input_require_grads()  # the frozen embeddings must pass gradients to LoRA
@@ -159,7 +162,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             start, history, extra = sft.load_training_state(ckpt_dir, model, optimizer, scheduler)
         extra["restarts"] += 1
     state = {"rank": rank, "model": model, "optimizer": optimizer, "scheduler": scheduler,
-             "history": history, "extra": extra, "tokenizer": tokenizer, "merge": cfg.merge}
+             "history": history, "extra": extra, "tokenizer": tokenizer, "merge": cfg.merge,
+             "base_model": cfg.base_model, "dtype": dtype}
 
     # ---- train
     spec = sft.LoopSpec(plan=plan, eval_every=cfg.eval_every, eval_batch_size=cfg.batch_size,
@@ -236,6 +240,7 @@ def build_trainer(
         num_workers=cfg.num_workers,
         use_gpu=cfg.use_gpu,
         resources_per_worker={"CPU": cfg.cpus_per_worker},  # use_gpu adds GPU: 1
+        placement_strategy=cfg.placement_strategy,
     )
     storage.mkdir()
     run = RunConfig(

@@ -73,3 +73,36 @@ def s3_server():
 
     yield uri
     server.stop()
+
+
+def accelerator() -> str:
+    """`cuda` where a CUDA GPU is, else `cpu`: the device the vLLM and QLoRA tests run on."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+QLORA_TARGET = "The answer is 7. The answer is 7."
+
+
+@pytest.fixture(scope="session")
+def qlora_result(ray_cluster, tmp_path_factory):
+    """The paper configs' training path, 2 steps on the packaged model through the train stage:
+    4-bit NF4 base with double quantisation, r 64 all-linear LoRA, paged AdamW 32-bit, gradient
+    checkpointing, clip 0.3, constant lr, the adapter merged into the unquantised base; 2 Ray
+    Train workers on the CPU (1 on a GPU). Every example has one short target, so the adapter
+    visibly changes greedy outputs (the vLLM tests serve it)."""
+    from lema.config import LoraConfig, TrainConfig
+    from pipelines.train import run_training
+
+    gpu = accelerator() == "cuda"
+    questions = [f"What is {a} + {b}?" for a in range(1, 7) for b in range(1, 5)]
+    examples = [{"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": QLORA_TARGET}],
+                 "split": "train"} for q in questions]
+    cfg = TrainConfig(
+        base_model="smollm2-135m", load_in_4bit=True, lora=LoraConfig(r=64, alpha=16, dropout=0.0),
+        optimizer="paged_adamw_32bit", lr_scheduler="constant", learning_rate=3e-3, warmup_ratio=0.0,
+        max_grad_norm=0.3, gradient_checkpointing=True, max_steps=3, batch_size=4, max_seq_len=96,
+        eval_every=3, checkpoint_every=3, num_workers=1 if gpu else 2, use_gpu=gpu, merge=True,
+    )
+    return run_training(examples, cfg, str(tmp_path_factory.mktemp("qlora")), "qlora")

