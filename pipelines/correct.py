@@ -10,9 +10,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from actors.budget import stage_budget
 from lema.config import CorrectConfig
 from lema.correcting import correct_paths, summarize_corrections
-from pipelines.budget import stage_budget
 from pipelines.pool import Timer, failure_side, run_chunks
 from pipelines.stage_io import RunContext, StageDir
 

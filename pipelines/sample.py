@@ -8,9 +8,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from actors.budget import stage_budget
 from lema.config import GeneratorConfig, LemaConfig, PoolConfig
 from lema.sampling import sample_problems, summarize_paths
-from pipelines.budget import stage_budget
 from pipelines.pool import Timer, failure_side, read_sides, run_chunks
 from pipelines.stage_io import RunContext, StageDir
 

@@ -21,7 +21,7 @@ from lema.grading import MODES
 from lema.prompts import CORRECTOR_VARIANTS
 from services.auth import api_key_dependency
 from services.config import ServiceConfig
-from services.middleware import DeadlineMiddleware
+from services.middleware import BodyLimitMiddleware, DeadlineMiddleware
 from services.protocol import (
     CorrectBatchResponse,
     CorrectorInfo,
@@ -59,7 +59,8 @@ class ServiceBackend(Protocol):
         ...
 
     async def ready(self) -> None:
-        """Return when the corrector answers; raise ServiceError(503) otherwise."""
+        """Return when the service can answer requests; raise ServiceError(503, why) otherwise.
+        Sends no request to the corrector (a corrector scaled to zero stays at zero)."""
         ...
 
 
@@ -126,9 +127,10 @@ def build_api(backend: ServiceBackend, cfg: ServiceConfig, api_keys: list[str]) 
         title="lema: correct and grade math solutions",
         version="1",
         description="LeMa's corrector (names the first wrong step, explains it, fixes it) and answer grader.",
-        max_body_size=cfg.limits.max_body_bytes,  # 413 on Content-Length and on streamed bytes
     )
     app.add_middleware(DeadlineMiddleware, timeout_s=cfg.request_timeout_s)
+    # Outermost (added last): 413 on Content-Length before anything reads the body, and on streamed bytes.
+    app.add_middleware(BodyLimitMiddleware, max_bytes=cfg.limits.max_body_bytes)
     _install_error_handlers(app)
     info = service_info(cfg, auth=bool(api_keys))
 
@@ -139,7 +141,7 @@ def build_api(backend: ServiceBackend, cfg: ServiceConfig, api_keys: list[str]) 
 
     @app.get("/readyz", response_model=Health, tags=["health"], responses=_error_responses(503))
     async def readyz() -> Health:
-        """Readiness: a corrector replica is loaded and answers."""
+        """Readiness: the app is running (a corrector scaled to zero counts: a request starts one)."""
         await backend.ready()
         return Health(status="ready")
 

@@ -3,7 +3,8 @@
 Each replica builds its heavy state once in `__init__` (the corrector's engine) and takes plain
 dicts per call. The ingress turns Serve's failures into `ServiceError`s with the right status:
 a full queue -> the deployment's backpressure status (429) with Retry-After, a dead replica ->
-retried, then 503, a slow corrector -> 504.
+retried, then 503, a slow corrector -> 504. Readiness is the app's status as Serve's controller
+reports it: no probe wakes a Corrector scaled to zero.
 """
 
 from __future__ import annotations
@@ -15,19 +16,20 @@ from typing import Any
 
 from fastapi import FastAPI
 from ray import serve
-from ray.exceptions import RayActorError
+from ray.exceptions import RayActorError, RayError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.handle import DeploymentHandle, DeploymentResponse
+from ray.serve.schema import ApplicationStatus, ApplicationStatusOverview, DeploymentStatus
 
+from actors.budget import named_budget
 from lema.engines import EngineError
-from pipelines.budget import named_budget
 from services.api import ServiceError, build_api
 from services.auth import parse_api_keys
 from services.config import CorrectorConfig, ServiceConfig
 from services.serving import build_correction_service, grade_requests
 
 log = logging.getLogger("ray.serve")  # lands in the replica's Serve log
-READY_TIMEOUT_S = 5.0  # /readyz: how long the corrector has to answer
+READY_TIMEOUT_S = 5.0  # /readyz: how long Serve's controller has to report the app's status
 
 
 @serve.deployment(name="Corrector")
@@ -48,7 +50,7 @@ class Corrector:
         return await asyncio.to_thread(self.service.correct, requests)
 
     def ready(self) -> dict[str, Any]:
-        """The replica's model and process id (tests kill a replica by it)."""
+        """The replica's model and process id (tests kill a replica by it; /readyz does not call it)."""
         return {"model": self.service.model, "pid": os.getpid()}
 
 
@@ -67,7 +69,8 @@ class Grader:
 class HandleBackend:
     """`services.api.ServiceBackend` over the Corrector and Grader deployment handles."""
 
-    def __init__(self, corrector: DeploymentHandle, grader: DeploymentHandle, cfg: ServiceConfig):
+    def __init__(self, corrector: DeploymentHandle, grader: DeploymentHandle, cfg: ServiceConfig, app_name: str):
+        self.app_name = app_name
         self.corrector = corrector
         self.grader = grader
         self.timeout_s = cfg.corrector.timeout_s
@@ -94,10 +97,30 @@ class HandleBackend:
         return await _call("grader", self.grader.grade.remote(requests))
 
     async def ready(self) -> None:
+        """The app's status from Serve's controller; not a call to the Corrector, which would start
+        a replica of a Corrector scaled to zero (and keep it up, probe after probe)."""
         try:
-            await asyncio.wait_for(_call("corrector", self.corrector.ready.remote()), READY_TIMEOUT_S)
-        except (asyncio.TimeoutError, RayActorError) as e:
-            raise ServiceError(503, f"the corrector is not ready ({type(e).__name__})") from e
+            status = await asyncio.wait_for(asyncio.to_thread(serve.status), READY_TIMEOUT_S)
+        except (asyncio.TimeoutError, RayError) as e:
+            raise ServiceError(503, f"Serve's controller did not report the app's status ({type(e).__name__})") from e
+        reason = not_ready_reason(status.applications.get(self.app_name))
+        if reason is not None:
+            raise ServiceError(503, reason)
+
+
+def not_ready_reason(app: ApplicationStatusOverview | None) -> str | None:
+    """Why an app cannot take requests, None when it can: it is RUNNING, which Serve reports while
+    its deployments are healthy or autoscaling, a deployment scaled to zero included."""
+    if app is None:
+        return "the app is not deployed"
+    if app.status == ApplicationStatus.RUNNING:
+        return None
+    reason = f"the app is {ApplicationStatus(app.status).value}" + (f": {app.message}" if app.message else "")
+    for name, deployment in app.deployments.items():
+        if deployment.status != DeploymentStatus.HEALTHY:
+            reason += f"; {name} is {DeploymentStatus(deployment.status).value}"
+            reason += f" ({deployment.message})" if deployment.message else ""
+    return reason
 
 
 async def _call(name: str, response: DeploymentResponse) -> Any:
@@ -122,7 +145,7 @@ class Ingress:
 
     def __init__(self, corrector: DeploymentHandle, grader: DeploymentHandle, cfg: dict[str, Any]):
         self.cfg = ServiceConfig.model_validate(cfg)
-        self.backend = HandleBackend(corrector, grader, self.cfg)
+        self.backend = HandleBackend(corrector, grader, self.cfg, serve.get_replica_context().app_name)
         self.api_keys = parse_api_keys(os.environ.get(self.cfg.api_keys_env))
         secrets = {"env_vars"}  # may hold keys: not logged
         log.info("service config: %s", self.cfg.model_dump_json(exclude={

@@ -1,8 +1,8 @@
 """The HTTP service on a real Serve app, over real HTTP on loopback.
 
-Two apps share one Serve instance for the module: `api` (the corrector is an OpenAI-compatible
-loopback server scripted per question; auth on with two keys) and `tiny` (the tiny local model;
-auth off).
+Three apps share one Serve instance for the module: `api` (the corrector is an OpenAI-compatible
+loopback server scripted per question; auth on with two keys), `tiny` (the tiny local model;
+auth off) and `idle` (a Corrector scaled to zero).
 """
 
 from __future__ import annotations
@@ -11,12 +11,15 @@ import httpx
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
+from ray import serve
+from ray.serve.schema import ApplicationStatusOverview, DeploymentStatusOverview
 from schemathesis.checks import not_a_server_error
 from schemathesis.generation.modes import GenerationMode
 
 from lema.correcting import NOT_VERIFIED
 from lema.correction import format_correction_reply
 from services.config import load_service_config
+from services.deployments import not_ready_reason
 from services.loopback import serve_on_loopback
 from tests.fakes import FakeBehaviour, FakeOpenAIServer
 
@@ -62,7 +65,13 @@ def base_url(ray_cluster, tiny_model, fake_corrector):
         "limits.max_grade_items=8", f"ingress.env_vars={{LEMA_API_KEY: '{KEYS[0]}, {KEYS[1]}'}}",
     ])
     tiny = load_service_config(None, [*small, "corrector.engine.model=tiny", "corrector.sampling.max_tokens=16"])
-    with serve_on_loopback({"api": api, "tiny": tiny}) as url:
+    idle = load_service_config(None, [
+        *small, "corrector.engine.backend=openai", "corrector.engine.model=fake-corrector",
+        f"corrector.engine.openai.base_url={fake_corrector.base_url}",
+        "corrector.deployment.autoscaling_config.min_replicas=0",
+        "corrector.deployment.autoscaling_config.max_replicas=1",
+    ])
+    with serve_on_loopback({"api": api, "tiny": tiny, "idle": idle}) as url:
         yield url
 
 
@@ -91,6 +100,32 @@ def test_health_readiness_and_info(api, tiny):
     assert info["limits"]["max_batch_items"] == 4 and info["corrector_timeout_s"] == CORRECTOR_TIMEOUT_S
     assert tiny.get("/v1/info").json()["corrector"]["model"] == "tiny"
     assert "/v1/correct" in tiny.get("/openapi.json").json()["paths"] and tiny.get("/docs").status_code == 200
+
+
+def test_readiness_leaves_a_corrector_scaled_to_zero_at_zero(base_url):
+    def corrector_replicas() -> dict:
+        return serve.status().applications["idle"].deployments["Corrector"].replica_states
+
+    assert corrector_replicas() == {}
+    with httpx.Client(base_url=f"{base_url}/idle", timeout=30) as idle:
+        answers = [idle.get("/readyz") for _ in range(3)]
+    assert corrector_replicas() == {}  # a call to the Corrector would have started one
+    assert [answer.json() for answer in answers] == [{"status": "ready"}] * 3
+
+
+def _app(status: str, message: str = "", **deployments: str) -> ApplicationStatusOverview:
+    return ApplicationStatusOverview(status, message, 0.0, {
+        name: DeploymentStatusOverview(state, "UNSPECIFIED", {}, f"{name} says {state}" if state != "HEALTHY" else "")
+        for name, state in deployments.items()})
+
+
+def test_not_ready_reason_names_the_app_status_and_each_deployment_not_healthy():
+    assert not_ready_reason(_app("RUNNING", Ingress="HEALTHY", Corrector="UPSCALING")) is None
+    assert not_ready_reason(None) == "the app is not deployed"
+    assert not_ready_reason(_app("DEPLOYING", Ingress="HEALTHY", Corrector="UPDATING")) == (
+        "the app is DEPLOYING; Corrector is UPDATING (Corrector says UPDATING)")
+    assert not_ready_reason(_app("UNHEALTHY", "The deployments ['Grader'] are UNHEALTHY.", Grader="UNHEALTHY")) == (
+        "the app is UNHEALTHY: The deployments ['Grader'] are UNHEALTHY.; Grader is UNHEALTHY (Grader says UNHEALTHY)")
 
 
 @pytest.mark.parametrize("header", [None, "Bearer nope", f"Basic {KEYS[0]}", f"Bearer {KEYS[0]}x",
@@ -187,15 +222,17 @@ def test_bad_fields_get_422_naming_the_field(api, path, body, field):
 
 
 def test_bodies_over_the_limit_get_413_with_or_without_content_length(api):
+    too_large = {"detail": "the request body is larger than the limit of 1048576 bytes"}
     big = b"{" + b" " * (8 << 20) + b"}"
-    assert api.post("/v1/correct", content=big, headers={"content-type": "application/json"}).status_code == 413
+    response = api.post("/v1/correct", content=big, headers={"content-type": "application/json"})
+    assert (response.status_code, response.json()) == (413, too_large)
 
     def chunks():  # no Content-Length: sent chunked
         for _ in range(128):
             yield b" " * 65536
 
     response = api.post("/v1/grade", content=chunks(), headers={"content-type": "application/json"})
-    assert response.status_code == 413
+    assert (response.status_code, response.json()) == (413, too_large)
     assert api.post("/v1/grade", content=b"{not json", headers={"content-type": "application/json"}).status_code == 422
 
 

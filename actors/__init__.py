@@ -1,0 +1,1 @@
+"""Ray actors shared by the batch pipelines and the service."""
