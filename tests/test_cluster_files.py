@@ -9,6 +9,7 @@ the nodes there are.
 from __future__ import annotations
 
 import copy
+import json
 import math
 import re
 import shlex
@@ -156,6 +157,68 @@ def test_rayjob_runs_a_gpu_config_on_the_same_cluster(manifests):
     assert f"python -m pipelines.lema {relative}" in (ROOT / relative).read_text()  # its header's command
     assert _uses_gpus(load_config(ROOT / relative))
 
+
+
+def _pod_specs(doc: Any) -> list[dict[str, Any]]:
+    """Every pod spec (dicts with `containers`) anywhere in a manifest."""
+    if isinstance(doc, dict):
+        found = [doc] if "containers" in doc else []
+        return found + [s for v in doc.values() for s in _pod_specs(v)]
+    if isinstance(doc, list):
+        return [s for v in doc for s in _pod_specs(v)]
+    return []
+
+
+SECRET_ENV = {"OPENAI_API_KEY": "openai-api-key", "HF_TOKEN": "hf-token"}  # env var: its key in the Secret
+
+
+def test_every_ray_container_has_the_keys_from_a_secret_and_hf_home_on_the_shared_volume(manifests):
+    claim = manifests["PersistentVolumeClaim"]["metadata"]["name"]
+    secrets = set()
+    for kind in ("RayCluster", "RayJob", "RayService"):
+        specs = _pod_specs(manifests[kind])
+        assert len(specs) == 4, kind  # the head and three worker groups
+        for spec in specs:
+            claims = {v["name"]: v["persistentVolumeClaim"]["claimName"]
+                      for v in spec.get("volumes", []) if "persistentVolumeClaim" in v}
+            for container in spec["containers"]:
+                where = f"{kind} {container['name']}"
+                env = {e["name"]: e for e in container.get("env", [])}
+                for name, key in SECRET_ENV.items():
+                    assert "value" not in env[name], f"{where}: {name} written in the manifest"
+                    ref = env[name]["valueFrom"]["secretKeyRef"]
+                    assert (ref["key"], ref["optional"]) == (key, True), f"{where}: {name}"
+                    secrets.add(ref["name"])
+                hf_home = env["HF_HOME"]["value"]
+                mounts = [m for m in container["volumeMounts"] if hf_home.startswith(m["mountPath"] + "/")]
+                assert mounts and claims.get(mounts[0]["name"]) == claim, f"{where}: HF_HOME {hf_home} not shared"
+    (secret,) = secrets
+    for path in [*K8S.glob("ray*.yaml"), ROOT / "README.md"]:  # how to make the Secret, with both keys
+        text = path.read_text()
+        assert f"kubectl create secret generic {secret} " in text, path.name
+        for name, key in SECRET_ENV.items():
+            assert f"--from-literal={key}=${name}" in text, f"{path.name}: {key}"
+
+
+def _submit_env(command: str) -> dict[str, str]:
+    """The env_vars a `ray job submit` command line passes in its --runtime-env-json."""
+    args = shlex.split(command)
+    return json.loads(args[args.index("--runtime-env-json") + 1])["env_vars"]
+
+
+def test_cluster_yaml_nodes_share_the_hf_cache_and_jobs_carry_the_keys(cluster, manifests):
+    options = cluster["docker"]["run_options"]
+    mounts = {opt.split(":")[-1] for opt in options if opt.startswith("--volume")}
+    env = dict(opt.split(" ", 1)[1].split("=", 1) for opt in options if opt.startswith("--env "))
+    assert any(env["HF_HOME"].startswith(m + "/") for m in mounts), env["HF_HOME"]
+    head = manifests["RayCluster"]["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0]
+    assert {e["name"]: e.get("value") for e in head["env"]}["HF_HOME"] == env["HF_HOME"]  # one cache path
+    assert not SECRET_ENV.keys() & env.keys()  # secrets never in the file: the job's runtime env has them
+    header = (ROOT / "cluster.yaml").read_text().split("\ncluster_name:")[0]
+    header_submit = re.search(r"^#\s+(ray job submit (?:.*\\\n#)*.*)$", header, re.M).group(1)
+    readme_submit = re.search(r"^\| submit \| `([^`]+)`", (ROOT / "README.md").read_text(), re.M).group(1)
+    for command in (header_submit.replace("\\\n#", " "), readme_submit):
+        assert _submit_env(command) == {name: f"${name}" for name in SECRET_ENV}, command  # from the shell
 
 
 def test_rayservice_serves_serve_config_on_the_same_cluster(manifests):
