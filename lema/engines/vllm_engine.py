@@ -50,6 +50,10 @@ def vllm_dtype(dtype: str, device: str) -> str:
     return "float32" if device == "cpu" else "bfloat16"
 
 
+def greedy(sampling: SamplingConfig) -> bool:
+    return sampling.temperature == 0
+
+
 class VLLMEngine:
     """`Engine` over `vllm.LLM` (see lema.engines.Engine for the contract)."""
 
@@ -104,7 +108,7 @@ class VLLMEngine:
 
         structured = StructuredOutputsParams(json=json_schema) if json_schema is not None else None
         return SamplingParams(
-            n=sampling.n,
+            n=1 if greedy(sampling) else sampling.n,  # vLLM refuses n > 1 with greedy sampling
             temperature=sampling.temperature,
             top_p=sampling.top_p,
             max_tokens=sampling.max_tokens,
@@ -148,6 +152,8 @@ class VLLMEngine:
                                finish_reason=_FINISH.get(c.finish_reason, "error"))
                     for c in sorted(out.outputs, key=lambda c: c.index)
                 ]
+                if greedy(sampling):  # n identical completions, as every other engine gives
+                    completions = completions * sampling.n
                 outputs[i] = RequestOutput(completions=completions,
                                            prompt_tokens=len(out.prompt_token_ids or []))
         result = [o for o in outputs if o is not None]
