@@ -59,6 +59,7 @@ class VLLMEngine:
 
     def __init__(self, cfg: EngineConfig):
         on_cpu = cfg.device == "cpu"
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # vLLM's INFO: dozens of lines per actor
         if on_cpu:  # read when the engine is built: the engine core in this process
             os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
         try:
