@@ -93,8 +93,18 @@ def test_stage_hash_covers_results_not_scaling():
     (["evaluate.engine.backend=vllm", "evaluate.pool.num_gpus=1", "evaluate.pool.calls_per_actor=2"],
      "calls_per_actor must be 1"),
     (["correct.pool.min_actors=3", "correct.pool.max_actors=2"], "min_actors \\(3\\) > max_actors \\(2\\)"),
+    (["sample.generators.0.engine.backend=vllm", "sample.generators.0.engine.device=cpu", "sample.pool.num_gpus=1"],
+     "device is cpu: set sample.pool.num_gpus to 0"),
+    (["evaluate.engine.backend=vllm", "evaluate.pool.num_gpus=1", "train.lora.r=128"],
+     "train.lora.r is 128 but evaluate.engine.vllm.max_lora_rank is 64.*\\[128, 256, 320, 512\\]"),
+    (["evaluate.engine.backend=vllm", "evaluate.pool.num_gpus=1", "evaluate.engine.vllm.max_lora_rank=100"],
+     "max_lora_rank 100 is not one vLLM serves"),
 ])
 def test_pool_settings_checked_against_the_engine(overrides, message):
     with pytest.raises(ConfigError, match=message):
         load_config(None, overrides)
     load_config(None, ["sample.generators.0.engine.backend=vllm", "sample.pool.num_gpus=1"])
+    load_config(None, ["sample.generators.0.engine.backend=vllm", "sample.generators.0.engine.device=cpu"])
+    load_config(None, ["evaluate.engine.backend=vllm", "evaluate.pool.num_gpus=1", "train.lora.r=128",
+                       "evaluate.engine.vllm.max_lora_rank=128"])
+

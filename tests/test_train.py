@@ -13,7 +13,7 @@ import torch
 
 from lema.config import LoraConfig, TrainConfig
 from lema.records import Example
-from pipelines.train import TrainResult, load_chats, run_training
+from pipelines.train import TrainResult, build_trainer, load_chats, run_training
 
 
 def _examples(n_train: int = 32, n_eval: int = 8) -> list[Example]:
@@ -138,3 +138,12 @@ def test_training_continues_from_an_adapter(trained: TrainResult, tiny_model, tm
                         str(tmp_path), "cont")
     assert cont.history[0]["train_loss"] < trained.history[0]["train_loss"] - 0.3
     assert abs(cont.history[0]["train_loss"] - trained.history[-1]["train_loss"]) < 0.3
+
+
+def test_training_workers_go_on_one_node_by_default(ray_cluster, tmp_path: Path):
+    """A 4-GPU job on one gpu-4x node, not on four gpu-1x nodes left idle by sampling."""
+    cfg = TrainConfig(base_model="tiny", num_workers=2)
+    assert cfg.placement_strategy == "STRICT_PACK"
+    trainer = build_trainer([{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}],
+                            cfg, str(tmp_path), "p")
+    assert trainer.scaling_config.placement_strategy == "STRICT_PACK"

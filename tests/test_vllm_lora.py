@@ -3,7 +3,6 @@ template, and the QLoRA adapter our train stage made served through `LoRARequest
 
 from __future__ import annotations
 
-import pytest
 from conftest import QLORA_TARGET
 from vllm_setup import chat, needs_vllm, vllm_engine
 
