@@ -48,7 +48,7 @@ class ServeDeploymentConfig(StrictModel):
     num_cpus: float = Field(0.5, ge=0)
     """CPUs one replica reserves (logical; fractional is fine)."""
     num_gpus: float = Field(0.0, ge=0)
-    """GPUs one replica reserves (1 for a vLLM corrector)."""
+    """GPUs one replica reserves (1 for a vLLM corrector on CUDA, 0 with engine.device cpu)."""
     env_vars: dict[str, str] = Field(default_factory=dict)
     """Environment of the replicas (their runtime_env); put secrets in the cluster's environment."""
 
@@ -68,7 +68,7 @@ class ServeDeploymentConfig(StrictModel):
 
 class CorrectorConfig(StrictModel):
     engine: EngineConfig = Field(default_factory=EngineConfig)
-    """Any backend: transformers (CPU/GPU), vllm (GPU replica), openai (any compatible API,
+    """Any backend: transformers (CPU/GPU), vllm (a GPU replica, or the CPU build with device cpu), openai (any compatible API,
     a `ray.serve.llm` app included); `adapter` applies a LoRA adapter."""
     sampling: SamplingConfig = Field(default_factory=lambda: SamplingConfig(max_tokens=512))
     prompt: CorrectorPrompt = "few_shot"
