@@ -68,8 +68,9 @@ class ServeDeploymentConfig(StrictModel):
 
 class CorrectorConfig(StrictModel):
     engine: EngineConfig = Field(default_factory=EngineConfig)
-    """Any backend: transformers (CPU/GPU), vllm (a GPU replica, or the CPU build with device cpu), openai (any compatible API,
-    a `ray.serve.llm` app included); `adapter` applies a LoRA adapter."""
+    """Any backend: transformers (CPU/GPU), vllm (a GPU replica, or the CPU build with device
+    cpu), openai (any compatible API, a `ray.serve.llm` app included); `adapter` applies a LoRA
+    adapter."""
     sampling: SamplingConfig = Field(default_factory=lambda: SamplingConfig(max_tokens=512))
     prompt: CorrectorPrompt = "few_shot"
     """The corrector prompt when a request names none."""
