@@ -156,3 +156,18 @@ def test_state_round_trip(tiny_model, tmp_path):
     resumed = [r["train_loss"] for r in sft.iterate_training(
         fresh, opt2, sch2, feats, [], collator, spec, CPU, start_step=step)]
     assert resumed == pytest.approx(reference, rel=1e-5)
+
+
+def test_autocast_bf16_on_cuda_only():
+    """On CUDA the step runs under bf16 autocast (peft's fp32 LoRA weights would otherwise run their
+    matmuls in fp32); on the CPU nothing changes."""
+    import contextlib
+    import warnings
+
+    from lema.sft import _autocast
+
+    assert isinstance(_autocast(torch.device("cpu")), contextlib.nullcontext)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # CPU-only torch warns that CUDA autocast is unavailable
+        cuda = _autocast(torch.device("cuda"))
+    assert isinstance(cuda, torch.autocast) and cuda.fast_dtype == torch.bfloat16
