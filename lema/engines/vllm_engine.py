@@ -62,6 +62,9 @@ class VLLMEngine:
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # vLLM's INFO: dozens of lines per actor
         if on_cpu:  # read when the engine is built: the engine core in this process
             os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+            # vLLM's "auto" binds every engine's threads to the same cores (here core 0 for each
+            # actor of a pool); unbound, the actor's torch threads follow Ray's CPU share
+            os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
         try:
             from vllm import LLM
             from vllm.lora.request import LoRARequest
