@@ -134,8 +134,15 @@ class OpenAIOptions(StrictModel):
     """Ask for JSON through `response_format` (the corrector's JSON variant)."""
 
 
+class ScriptedOptions(StrictModel):
+    p_correct: float = Field(0.5, ge=0.0, le=1.0)
+    """Chance that a sampled solution of a synthetic question is right; otherwise one step gets
+    a wrong value that the later steps carry on to a wrong answer (see lema.engines.scripted_engine)."""
+
+
 class EngineConfig(StrictModel):
-    backend: Literal["transformers", "vllm", "openai"] = "transformers"
+    backend: Literal["transformers", "vllm", "openai", "scripted"] = "transformers"
+    """scripted: the null engine (no model; replies by rule, see lema.engines.scripted_engine)."""
     model: str = "smollm2-135m"
     """Hub id or local dir; `smollm2-135m` is the packaged offline model; `tiny` builds a
     random tiny model (tests)."""
@@ -157,6 +164,7 @@ class EngineConfig(StrictModel):
     """transformers on CPU: torch threads (None: leave as is)."""
     vllm: VLLMOptions = Field(default_factory=VLLMOptions)
     openai: OpenAIOptions = Field(default_factory=OpenAIOptions)
+    scripted: ScriptedOptions = Field(default_factory=ScriptedOptions)
 
     @property
     def label(self) -> str:

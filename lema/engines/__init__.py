@@ -1,4 +1,5 @@
-"""Generation engines: one interface, three backends (transformers, vLLM, OpenAI-compatible HTTP).
+"""Generation engines: one interface, four backends (transformers, vLLM, OpenAI-compatible HTTP, and
+`scripted`, a null engine that replies by rule without a model).
 
 Callers build an engine from its config and call `generate(requests, sampling)`:
 
@@ -194,8 +195,12 @@ def build_engine(cfg: EngineConfig, budget: Budget | None = None, cpus: float | 
         from lema.engines.openai_engine import OpenAIEngine
 
         return OpenAIEngine(cfg, budget)
+    if cfg.backend == "scripted":
+        from lema.engines.scripted_engine import ScriptedEngine
+
+        return ScriptedEngine(cfg)
     raise ValueError(
-        f"engine backend {cfg.backend!r} is unknown; choose transformers, vllm or openai"
+        f"engine backend {cfg.backend!r} is unknown; choose scripted, transformers, vllm or openai"
     )
 
 
