@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 import httpx  # noqa: E402
 
 from lema.config import load_config  # noqa: E402
-from pipelines.correct import select_inaccurate  # noqa: E402
+from pipelines.correct import is_inaccurate  # noqa: E402
 from pipelines.stage_io import StageDir  # noqa: E402
 from services.config import load_service_config  # noqa: E402
 from services.loopback import serve_on_loopback  # noqa: E402
@@ -56,7 +56,7 @@ def inaccurate_paths(run_dir: Path, held_out: bool, max_paths: int | None) -> li
         rows = [r for r in StageDir(run_dir, "evaluate").read_rows() if r["generator"].endswith("+adapter")]
     else:
         rows = StageDir(run_dir, "sample").read_rows()
-    return select_inaccurate(rows, {}, max_paths)
+    return sorted((r for r in rows if is_inaccurate(r)), key=lambda r: r["path_id"])[:max_paths]
 
 
 def smoke_run() -> Path:

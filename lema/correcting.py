@@ -130,9 +130,10 @@ def _correction(p: dict[str, Any], corrector: str, status: str, **kw: Any) -> Co
     )
 
 
-def summarize_corrections(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Manifest figures: attempted, parsed, verified, by status and reason, tokens, cost, and
-    where the first mistake falls (step number, and position as a fraction of the steps)."""
+def count_corrections(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """A chunk's counts (they add up with `pipelines.pool.add_counts`): attempted, by status and
+    reason, tokens, cost, where the first mistake falls (step number, and position as a fraction
+    of the steps, in fifths)."""
     from lema.prompts import number_steps
 
     status: dict[str, int] = {}
@@ -149,16 +150,32 @@ def summarize_corrections(rows: list[dict[str, Any]]) -> dict[str, Any]:
             steps[str(s)] = steps.get(str(s), 0) + 1
             n = max(1, len(number_steps(r["solution"])))
             position[min(4, int((s - 1) / n * 5))] += 1
-    parsed = status.get("verified", 0) + status.get("unverified", 0)
     return {
         "attempted": len(rows),
+        "status": status,
+        "reject_reasons": reasons,
+        "tokens": sum(int(r.get("tokens") or 0) for r in rows),
+        "cost": sum(float(r.get("cost") or 0) for r in rows),
+        "incorrect_step_histogram": steps,
+        "mistake_position_fifths": position,
+    }
+
+
+def summarize_corrections(counts: dict[str, Any]) -> dict[str, Any]:
+    """Manifest figures from `count_corrections` counts: parsed, verified, the verification rate."""
+    status = counts.get("status", {})
+    attempted = counts.get("attempted", 0)
+    parsed = status.get("verified", 0) + status.get("unverified", 0)
+    return {
+        "attempted": attempted,
         "parsed": parsed,
         "verified": status.get("verified", 0),
         "status": status,
-        "reject_reasons": reasons,
-        "verification_rate": round(status.get("verified", 0) / len(rows), 4) if rows else 0.0,
-        "tokens": sum(int(r.get("tokens") or 0) for r in rows),
-        "cost": round(sum(float(r.get("cost") or 0) for r in rows), 6),
-        "incorrect_step_histogram": dict(sorted(steps.items(), key=lambda kv: int(kv[0]))),
-        "mistake_position_fifths": position,
+        "reject_reasons": counts.get("reject_reasons", {}),
+        "verification_rate": round(status.get("verified", 0) / attempted, 4) if attempted else 0.0,
+        "tokens": counts.get("tokens", 0),
+        "cost": round(counts.get("cost", 0.0), 6),
+        "incorrect_step_histogram": dict(sorted(counts.get("incorrect_step_histogram", {}).items(),
+                                                key=lambda kv: int(kv[0]))),
+        "mistake_position_fifths": counts.get("mistake_position_fifths", [0] * 5),
     }

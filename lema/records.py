@@ -58,6 +58,7 @@ class Path(Record):
     error: str | None = None  # set when generation failed for this path
     compat_answer: str | None = None  # lema_compat grading (evaluation only)
     compat_correct: bool | None = None
+    steps: list[str] | None = None  # the problem's gold steps (synthetic problems), for the reference corrector
 
 
 @dataclass

@@ -89,6 +89,7 @@ def sample_problems(
                 dataset=problem.dataset,
                 question=problem.question,
                 answer=problem.answer,
+                steps=problem.steps,
                 finish_reason=completion.finish_reason if completion else "error",
                 error=None if completion else (out.error or "no completion returned"),
             )
@@ -106,11 +107,15 @@ def sample_problems(
     return paths, rejects
 
 
-def summarize_paths(paths: list[dict[str, Any]]) -> dict[str, Any]:
-    """Counts for a manifest: paths, correct, inaccurate, failed, tokens, per generator."""
+COUNTS = ("paths", "correct", "inaccurate", "failed", "tokens")
+
+
+def count_paths(paths: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
+    """Per generator: paths, correct, inaccurate, failed, tokens (a chunk's counts add up with
+    `pipelines.pool.add_counts`)."""
     per: dict[str, dict[str, int]] = {}
     for p in paths:
-        g = per.setdefault(p["generator"], {"paths": 0, "correct": 0, "inaccurate": 0, "failed": 0, "tokens": 0})
+        g = per.setdefault(p["generator"], dict.fromkeys(COUNTS, 0))
         g["paths"] += 1
         g["tokens"] += int(p["tokens"])
         if p.get("error"):
@@ -119,7 +124,13 @@ def summarize_paths(paths: list[dict[str, Any]]) -> dict[str, Any]:
             g["correct"] += 1
         else:
             g["inaccurate"] += 1
-    total = {k: sum(g[k] for g in per.values()) for k in ("paths", "correct", "inaccurate", "failed", "tokens")}
+    return per
+
+
+def summarize_paths(per: dict[str, dict[str, int]]) -> dict[str, Any]:
+    """Manifest figures from `count_paths` counts: the totals, and per generator with accuracy."""
+    per = {name: dict(g) for name, g in per.items()}
+    total = {k: sum(g[k] for g in per.values()) for k in COUNTS}
     for g in per.values():
         graded = g["paths"] - g["failed"]
         g["accuracy"] = round(g["correct"] / graded, 4) if graded else 0.0  # type: ignore[assignment]

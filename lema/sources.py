@@ -6,6 +6,7 @@ answer) are set aside with a reason and counted, never silently dropped.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -75,7 +76,9 @@ def _read_hub(cfg: ProblemSourceConfig, spec: HubDataset | None) -> Any:
     return datasets.load_dataset(repo, spec.config if spec else None, split=cfg.split)
 
 
-def _read_local(path: str) -> list[dict[str, Any]]:
+def _read_local(path: str) -> Iterator[dict[str, Any]]:
+    """The rows of a local .jsonl or .parquet file, read as they are used (a line or a Parquet
+    batch at a time); a line that is not a JSON object is a row with its `__error__`."""
     import json
 
     import pyarrow.parquet as pq
@@ -84,37 +87,37 @@ def _read_local(path: str) -> list[dict[str, Any]]:
     if not p.is_file():
         raise FileNotFoundError(f"problem file {path!r} does not exist")
     if p.suffix == ".parquet":
-        return pq.read_table(p).to_pylist()
+        for batch in pq.ParquetFile(p).iter_batches(batch_size=4096):
+            yield from batch.to_pylist()
+        return
     if p.suffix not in (".jsonl", ".json"):
         raise ValueError(f"problem file {path!r}: expected .jsonl or .parquet")
-    rows: list[dict[str, Any]] = []
-    for i, line in enumerate(p.read_text().splitlines()):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            row = {"__error__": f"invalid JSON on line {i + 1}: {e.msg}"}
-        rows.append(row if isinstance(row, dict) else {"__error__": "row is not an object"})
-    return rows
+    with p.open() as f:
+        for i, line in enumerate(f):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                row = {"__error__": f"invalid JSON on line {i + 1}: {e.msg}"}
+            yield row if isinstance(row, dict) else {"__error__": "row is not an object"}
 
 
-def rows_to_problems(
-    rows: Any, name: str, split: str, fields: dict[str, str], answer_format: str
-) -> LoadResult:
-    """Map raw rows to Problems; set aside rows with no question or no parsable gold."""
+def iter_rows(rows: Iterable[dict[str, Any]], name: str, split: str, fields: dict[str, str],
+              answer_format: str) -> Iterator[Problem | dict[str, Any]]:
+    """Map raw rows to Problems, one at a time; a row with no question or no parsable gold
+    comes out as a reject `{"row", "id", "reason"}`."""
     from lema.grading import gold_answer, normalize_answer
 
     family = grading_dataset(name)
-    result = LoadResult(problems=[])
     for i, row in enumerate(rows):
         pid = str(row.get(fields.get("id", "id")) or f"{name}-{split}-{i}")
         if "__error__" in row:
-            result.rejects.append({"row": i, "id": pid, "reason": row["__error__"]})
+            yield {"row": i, "id": pid, "reason": row["__error__"]}
             continue
         question = row.get(fields["question"])
         if not isinstance(question, str) or not question.strip():
-            result.rejects.append({"row": i, "id": pid, "reason": "no question"})
+            yield {"row": i, "id": pid, "reason": "no question"}
             continue
         raw_gold = row.get(fields["answer"])
         if isinstance(raw_gold, (int, float)) and not isinstance(raw_gold, bool):
@@ -123,32 +126,39 @@ def rows_to_problems(
         if isinstance(raw_gold, str) and raw_gold.strip():
             gold = raw_gold.strip() if answer_format == "plain" else gold_answer(raw_gold, family)
         if not gold:
-            result.rejects.append({"row": i, "id": pid, "reason": "no parsable gold answer"})
+            yield {"row": i, "id": pid, "reason": "no parsable gold answer"}
             continue
         solution = row.get(fields["solution"]) if "solution" in fields else None
         if solution is None and isinstance(raw_gold, str) and raw_gold.strip() != gold:
             solution = raw_gold  # the gold column was a whole solution
         level = row.get(fields.get("level", "")) if fields.get("level") else None
-        result.problems.append(
-            Problem(
-                id=pid,
-                dataset=name,
-                split=split,
-                question=question.strip(),
-                answer=normalize_answer(gold, family),
-                solution=solution if isinstance(solution, str) else None,
-                level=None if level is None else str(level),
-            )
+        yield Problem(
+            id=pid,
+            dataset=name,
+            split=split,
+            question=question.strip(),
+            answer=normalize_answer(gold, family),
+            solution=solution if isinstance(solution, str) else None,
+            level=None if level is None else str(level),
         )
+
+
+def rows_to_problems(
+    rows: Any, name: str, split: str, fields: dict[str, str], answer_format: str
+) -> LoadResult:
+    """Map raw rows to Problems; set aside rows with no question or no parsable gold."""
+    result = LoadResult(problems=[])
+    for out in iter_rows(rows, name, split, fields, answer_format):
+        (result.problems if isinstance(out, Problem) else result.rejects).append(out)
     return result
 
 
-def load_problems(cfg: ProblemSourceConfig) -> LoadResult:
-    """Load problems from the configured source (see ProblemSourceConfig)."""
+def _iter_source(cfg: ProblemSourceConfig) -> Iterator[Problem | dict[str, Any]]:
+    """The configured source's problems and rejects, one at a time (see ProblemSourceConfig)."""
     if cfg.kind == "synthetic":
-        from lema.synthetic import generate_problems
+        from lema.synthetic import iter_problems
 
-        result = LoadResult(generate_problems(cfg.count, cfg.levels, cfg.seed, cfg.split))
+        yield from iter_problems(cfg.count, cfg.levels, cfg.seed, cfg.split)
     elif cfg.kind == "hf":
         spec = HUB_DATASETS.get(cfg.name)
         if spec is None and not cfg.fields:
@@ -158,12 +168,39 @@ def load_problems(cfg: ProblemSourceConfig) -> LoadResult:
             )
         fields = {**(spec.fields if spec else _DEFAULT_FIELDS), **cfg.fields}
         fmt = cfg.answer_format if cfg.answer_format != "auto" else (spec.answer_format if spec else "plain")
-        result = rows_to_problems(_read_hub(cfg, spec), cfg.name, cfg.split, fields, fmt)
+        yield from iter_rows(_read_hub(cfg, spec), cfg.name, cfg.split, fields, fmt)
     else:
         if not cfg.path:
             raise ValueError("problems.kind=local needs problems.path (a .jsonl or .parquet file)")
         fields = {**_DEFAULT_FIELDS, **cfg.fields}
-        result = rows_to_problems(_read_local(cfg.path), cfg.name, cfg.split, fields, cfg.answer_format)
-    if cfg.max_samples is not None:
-        result.problems = result.problems[: cfg.max_samples]
+        yield from iter_rows(_read_local(cfg.path), cfg.name, cfg.split, fields, cfg.answer_format)
+
+
+def stream_problems(cfg: ProblemSourceConfig, batch_size: int) -> Iterator[LoadResult]:
+    """The configured source in batches of up to `batch_size` problems (with the rejects met on
+    the way), the first `max_samples` problems only: a source of any size in bounded memory."""
+    batch = LoadResult(problems=[])
+    kept = 0
+    for out in _iter_source(cfg):
+        if isinstance(out, Problem):
+            if cfg.max_samples is not None and kept >= cfg.max_samples:
+                break
+            batch.problems.append(out)
+            kept += 1
+        else:
+            batch.rejects.append(out)
+        if len(batch.problems) >= batch_size:
+            yield batch
+            batch = LoadResult(problems=[])
+    if batch.problems or batch.rejects:
+        yield batch
+
+
+def load_problems(cfg: ProblemSourceConfig) -> LoadResult:
+    """Load problems from the configured source (see ProblemSourceConfig) into memory (evaluation
+    sets; the problems stage streams them with `stream_problems`)."""
+    result = LoadResult(problems=[])
+    for batch in stream_problems(cfg, batch_size=2**62):
+        result.problems.extend(batch.problems)
+        result.rejects.extend(batch.rejects)
     return result

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import random
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from lema.records import Problem, stable_id
@@ -152,13 +152,17 @@ def solve_question(question: str, mistake: tuple[int, int] | None = None) -> lis
     return steps or None
 
 
-def generate_problems(count: int, levels: list[int], seed: int = 0, split: str = "train"):
-    """`count` problems, cycling through `levels`; the same (seed, split) gives the same list."""
+def iter_problems(count: int, levels: list[int], seed: int = 0, split: str = "train") -> Iterator[Problem]:
+    """`count` problems, one at a time, cycling through `levels`; the same (seed, split) gives the
+    same problems (each from its own index, so a source of any size streams)."""
     if not levels or any(lv < 1 for lv in levels):
         raise ValueError(f"levels must be a non-empty list of integers >= 1, got {levels!r}")
-    problems = []
     for i in range(count):
         rng = random.Random(f"{seed}/{split}/{i}")
         pid = f"synthetic-{split}-{stable_id(seed, split, i, length=8)}"
-        problems.append(make_problem(rng, levels[i % len(levels)], pid, split))
-    return problems
+        yield make_problem(rng, levels[i % len(levels)], pid, split)
+
+
+def generate_problems(count: int, levels: list[int], seed: int = 0, split: str = "train") -> list[Problem]:
+    """`iter_problems` as a list."""
+    return list(iter_problems(count, levels, seed, split))

@@ -15,7 +15,7 @@ from lema.config import GeneratorConfig, ProblemSourceConfig
 from lema.metrics import score_samples
 from lema.records import EvalResult, Problem
 from lema.sources import load_problems
-from pipelines.pool import Timer
+from pipelines.pool import Timer, list_chunks
 from pipelines.sample import sample_chunks
 from pipelines.stage_io import RunContext, StageDir
 
@@ -73,8 +73,10 @@ def run_evaluate(ctx: RunContext, stage: StageDir, stage_hash: str) -> dict[str,
         for variant, adapter_dir in variants:
             engine = ev.engine.model_copy(update={"model": base_model, "adapter": adapter_dir,
                                                   "name": f"{base_model}+{variant}"})
-            sample_chunks(cfg, stage, rows, GeneratorConfig(engine=engine, sampling=ev.sampling), ev.pool,
-                          prefix=f"{label}--{variant}-", desc=f"evaluate {label} {variant}", compat=True)
+            prefix = f"{label}--{variant}-"
+            sample_chunks(cfg, stage, list_chunks(stage, rows, "id", ev.pool.batch_size, prefix), len(rows),
+                          GeneratorConfig(engine=engine, sampling=ev.sampling), ev.pool,
+                          prefix=prefix, desc=f"evaluate {label} {variant}", compat=True)
             runs.append((label, variant, adapter_dir, engine.label, {p.id for p in problems}))
 
     all_preds = stage.read_rows()

@@ -24,7 +24,7 @@ from typing import Any
 import yaml
 
 from lema.config import ConfigError, LemaConfig, config_hash, load_config
-from lema.sources import load_problems
+from lema.sources import LoadResult, stream_problems
 from lema.storage import Storage
 from pipelines.correct import run_correct
 from pipelines.data import run_data
@@ -33,20 +33,23 @@ from pipelines.pool import StageFailed
 from pipelines.ray_setup import init_ray
 from pipelines.report import write_report
 from pipelines.sample import run_sample
-from pipelines.stage_io import MANIFEST, RunContext, StageDir
+from pipelines.stage_io import MANIFEST, RunContext, StageDir, log
 from pipelines.train import run_train
 
-
-def _log(msg: str) -> None:
-    print(f"[lema {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+PROBLEMS_PER_PART = 10_000
 
 
 def run_problems(ctx: RunContext, stage: StageDir, stage_hash: str) -> dict[str, Any]:
-    """Load the training problems; malformed rows are set aside with their reasons."""
-    res = load_problems(ctx.cfg.problems)
-    stage.write_part("00000", [p.to_dict() for p in res.problems])
-    stage.file("rejects.json").write_json(res.rejects)
-    return stage.write_manifest(stage_hash, source=ctx.cfg.problems.name, **res.counts())
+    """Load the training problems into parts of `PROBLEMS_PER_PART`, as the source yields them;
+    malformed rows are set aside with their reasons."""
+    total = LoadResult(problems=[])
+    kept = 0
+    for i, batch in enumerate(stream_problems(ctx.cfg.problems, PROBLEMS_PER_PART)):
+        stage.write_part(f"{i:05d}", [p.to_dict() for p in batch.problems])
+        kept += len(batch.problems)
+        total.rejects.extend(batch.rejects)
+    stage.file("rejects.json").write_json(total.rejects)
+    return stage.write_manifest(stage_hash, source=ctx.cfg.problems.name, **{**total.counts(), "problems": kept})
 
 
 @dataclass(frozen=True)
@@ -92,13 +95,13 @@ def begin(stage: StageDir, digest: str, redo: bool) -> bool:
     if redo:
         stage.clear()
     elif stage.is_complete(digest):
-        _log(f"{stage.stage}: complete for this config, skipped")
+        log(f"{stage.stage}: complete for this config, skipped")
         return False
     elif stage.started_hash() != digest:  # another config began here (or an old run): start over
         stage.clear()
     resuming = bool(stage.done_parts())
     stage.mark_started(digest)
-    _log(f"{stage.stage}: running" + (" (resuming from its finished parts)" if resuming else ""))
+    log(f"{stage.stage}: running" + (" (resuming from its finished parts)" if resuming else ""))
     return True
 
 
@@ -109,7 +112,7 @@ def take_over(stage: StageDir, others: list[StageDir], digest: str) -> None:
             stage.clear()
             other.dir.copy_to(stage.dir)
             stage.file(MANIFEST).write_json({**(stage.manifest() or {}), "taken_over_from": other.uri})
-            _log(f"{stage.stage}: taken over from {other.uri} (same config)")
+            log(f"{stage.stage}: taken over from {other.uri} (same config)")
             return
 
 
@@ -148,13 +151,13 @@ def main_pipeline(cfg: LemaConfig, from_stage: str | None = None, until: str | N
             manifest = stage.run(ctx, out, digest)
             figures = {k: round(v, 4) if isinstance(v, float) else v for k, v in manifest.items()
                        if isinstance(v, (int, float)) and k != "complete"}
-            _log(f"{stage.name}: done in {time.perf_counter() - start:.1f}s {figures}")
+            log(f"{stage.name}: done in {time.perf_counter() - start:.1f}s {figures}")
         if stage.name == until:
             return out.uri
 
     report = write_report(run_dir, STAGE_NAMES)
-    _log("summary:\n  " + "\n  ".join(summary_lines(ctx)))
-    _log(f"report: {report}")
+    log("summary:\n  " + "\n  ".join(summary_lines(ctx)))
+    log(f"report: {report}")
     return report
 
 
@@ -185,9 +188,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    _log("config:\n" + yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    log("config:\n" + yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
     if cfg.dry_run:
-        _log(f"dry run: would run {' -> '.join(STAGE_NAMES)} into {cfg.output_dir}/{cfg.run}")
+        log(f"dry run: would run {' -> '.join(STAGE_NAMES)} into {cfg.output_dir}/{cfg.run}")
         return 0
     try:
         main_pipeline(cfg, args.from_stage, args.until)

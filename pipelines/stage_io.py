@@ -26,6 +26,11 @@ MANIFEST = "manifest.json"
 STARTED = "started.json"
 
 
+def log(msg: str) -> None:
+    """One line of the loop's log, time-stamped."""
+    print(f"[lema {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
 class StageDir:
     """One stage's directory: parts, manifest, the started marker and side files."""
 
@@ -55,14 +60,33 @@ class StageDir:
         pq.write_table(table, buf)
         self.part(part).write_bytes(buf.getvalue())
 
+    def read_part(self, part: str) -> list[dict[str, Any]]:
+        """The rows of one part."""
+        table = pq.read_table(pa.BufferReader(self.part(part).read_bytes()))
+        return [] if "_empty" in table.column_names else table.to_pylist()
+
     def read_rows(self) -> list[dict[str, Any]]:
-        """All rows of all parts, in part-name order."""
-        rows: list[dict[str, Any]] = []
-        for part in sorted(self.done_parts()):
-            table = pq.read_table(pa.BufferReader(self.part(part).read_bytes()))
-            if "_empty" not in table.column_names:
-                rows.extend(table.to_pylist())
-        return rows
+        """All rows of all parts, in part-name order (small stages only: evaluation sets, tests;
+        the loop's own stages stream with `dataset`)."""
+        return [row for part in sorted(self.done_parts()) for row in self.read_part(part)]
+
+    def dataset(self, prefix: str = "") -> Any:
+        """The rows of the parts whose names start with `prefix` as a Ray Data dataset, read part by
+        part by Ray tasks (parts may differ in schema: a column empty in one part is typed in
+        another, so they are read as rows, not unified as one Parquet table); the driver holds
+        only the part names."""
+        import ray
+
+        parts = sorted(p for p in self.done_parts() if p.startswith(prefix))
+        uri = self.dir.uri
+        return ray.data.from_items([{"part": p} for p in parts], override_num_blocks=max(1, len(parts))
+                                   ).flat_map(lambda row: StageDir.at(uri).read_part(row["part"]))
+
+    @classmethod
+    def at(cls, uri: str) -> StageDir:
+        """The stage directory at a URI (as handed to a Ray task)."""
+        storage = Storage(uri)
+        return cls(storage.parent, storage.name)
 
     # ------------------------------------------------------------ markers
     def manifest(self) -> dict[str, Any] | None:
@@ -100,7 +124,7 @@ class StageDir:
 @dataclass
 class RunContext:
     """One run of the loop as its stages see it: the config, the run's directory, the stages'
-    config hashes, and the records of finished stages (read once, on first use)."""
+    config hashes, and values computed once per run (the evaluation sets)."""
 
     cfg: LemaConfig
     run_dir: Storage
@@ -110,18 +134,18 @@ class RunContext:
     @classmethod
     def from_rows(cls, cfg: LemaConfig, run_dir: Storage | str | os.PathLike,
                   **rows: list[dict[str, Any]]) -> RunContext:
-        """A context whose named stages' records are the given rows (a stage run on its own,
-        as in tests and benchmarks)."""
+        """A context whose named stages hold the given rows, written as one part with the
+        manifest figures later stages read (a stage run on its own, as in tests and benchmarks)."""
         ctx = cls(cfg, Storage(run_dir))
-        ctx._cache.update({f"rows:{k}": v for k, v in rows.items()})
+        for stage, stage_rows in rows.items():
+            out = ctx.dir(stage)
+            out.write_part("00000", stage_rows)
+            inaccurate = sum(1 for r in stage_rows if not r.get("correct") and not r.get("error"))
+            out.write_manifest("given", rows=len(stage_rows), problems=len(stage_rows), inaccurate=inaccurate)
         return ctx
 
     def dir(self, stage: str) -> StageDir:
         return StageDir(self.run_dir, stage)
-
-    def rows(self, stage: str) -> list[dict[str, Any]]:
-        """The records of a finished stage."""
-        return self.cached(f"rows:{stage}", self.dir(stage).read_rows)
 
     def cached(self, key: str, make: Callable[[], Any]) -> Any:
         if key not in self._cache:

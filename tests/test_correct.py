@@ -29,7 +29,7 @@ def _wrong_paths(n: int) -> tuple[list[dict], dict[str, dict]]:
         paths.append({"problem_id": p.id, "path_id": f"path-{i}", "generator": "g", "sample_index": 0,
                       "text": "\n".join(lines), "predicted_answer": "9999", "correct": False,
                       "tokens": 10, "dataset": "synthetic", "question": p.question, "answer": p.answer,
-                      "error": None})
+                      "error": None, "steps": p.steps})
     return paths, {p.id: p.to_dict() for p in problems}
 
 

@@ -105,6 +105,7 @@ def test_sample_stage_on_vllm(ray_cluster, tmp_path):
     assert {r["generator"] for r in rows} == {MODEL}
 
 
+@pytest.mark.slow  # 1-2 min of engine loads: make slow_test and scripts/gpu_check.sh run it
 def test_evaluate_stage_on_vllm_with_the_adapter(ray_cluster, qlora_result, tmp_path):
     """The evaluate stage scores the adapter on vLLM: the adapter from the train manifest, loaded
     by the pool actor and served through LoRA (the base variant runs the same way, unadapted)."""

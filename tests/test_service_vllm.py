@@ -34,6 +34,7 @@ def corrector(ray_cluster):
             yield client
 
 
+@pytest.mark.slow  # 1-2 min of engine loads: make slow_test and scripts/gpu_check.sh run it
 def test_vllm_corrector_answers_over_http(corrector):
     info = corrector.get("/v1/info").json()["corrector"]
     assert (info["backend"], info["model"]) == ("vllm", MODEL)

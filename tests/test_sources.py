@@ -7,7 +7,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from lema.config import ProblemSourceConfig
-from lema.sources import load_problems
+from lema.sources import load_problems, stream_problems
 from lema.synthetic import generate_problems
 
 
@@ -77,9 +77,23 @@ def test_hf_gsm8k_in_hub_layout(tmp_path):
     res = load_problems(ProblemSourceConfig(kind="hf", name="gsm8k", split="test", path=str(tmp_path)))
     assert [p.answer for p in res.problems] == ["7", "2400"]
     assert res.problems[0].id == "gsm8k-test-0"
-    train = load_problems(ProblemSourceConfig(kind="hf", name="gsm8k", split="train", path=str(tmp_path),
+    train = load_problems(ProblemSourceConfig(kind="hf", name="gsm8k", split="train", path=str(tmp_path)))
+    assert len(train.problems) == 2 and train.counts()["rejected"] == 2
+    # max_samples stops reading at the N-th problem: rows after it are never read (nor counted)
+    first = load_problems(ProblemSourceConfig(kind="hf", name="gsm8k", split="train", path=str(tmp_path),
                                               max_samples=1))
-    assert len(train.problems) == 1 and train.counts()["rejected"] == 2
+    assert len(first.problems) == 1 and first.counts()["rejected"] == 0
+
+
+def test_a_source_streams_in_batches(tmp_path):
+    path = tmp_path / "p.jsonl"
+    _write_jsonl(path, GSM_ROWS * 3)
+    cfg = ProblemSourceConfig(kind="local", name="gsm8k", path=str(path), answer_format="gsm8k")
+    batches = list(stream_problems(cfg, batch_size=4))
+    assert [len(b.problems) for b in batches] == [4, 2]
+    assert sum(len(b.rejects) for b in batches) == 6
+    synthetic = list(stream_problems(ProblemSourceConfig(count=25), batch_size=10))
+    assert [len(b.problems) for b in synthetic] == [10, 10, 5]
 
 
 def test_hf_math500_jsonl(tmp_path):
