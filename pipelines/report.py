@@ -30,6 +30,29 @@ def _bar(ax, labels: list[str], values: list[float], title: str, fmt: str = "{:g
     ax.tick_params(axis="x", labelrotation=20, labelsize=8)
 
 
+MAX_POINTS = 400  # a curve of more points is averaged in bins down to this many
+MAX_STEP_BARS = 12  # first-mistake steps past this go into one "13+" bar
+
+
+def binned(points: list[tuple[float, float]], max_points: int = MAX_POINTS) -> list[tuple[float, float]]:
+    """Points averaged in consecutive bins (x and y alike) so a curve has at most `max_points`:
+    a loss curve of a million steps reads like one of a thousand."""
+    if len(points) <= max_points:
+        return points
+    size = -(-len(points) // max_points)
+    bins = [points[i: i + size] for i in range(0, len(points), size)]
+    return [(sum(x for x, _ in b) / len(b), sum(y for _, y in b) / len(b)) for b in bins]
+
+
+def step_bars(hist: dict[str, int], max_bars: int = MAX_STEP_BARS) -> dict[str, int]:
+    """The first-incorrect-step histogram as bars: one per step up to `max_bars`, the rest in one."""
+    bars: dict[str, int] = {}
+    for step, count in sorted(hist.items(), key=lambda kv: int(kv[0])):
+        key = f"step {step}" if int(step) <= max_bars else f"{max_bars + 1}+"
+        bars[key] = bars.get(key, 0) + count
+    return bars
+
+
 def _fmt(value: Any) -> str:
     """A figure for a person: floats to 4 significant digits, the rest as is."""
     return f"{value:.4g}" if isinstance(value, float) else str(value)
@@ -88,8 +111,8 @@ def write_report(run_dir: Storage, stages: list[str]) -> str:
         st = corr.get("status", {})
         _bar(axes[0], list(st), list(st.values()),
              f"Correction outcomes (verified {corr.get('verification_rate', 0):.0%})")
-        hist = corr.get("incorrect_step_histogram", {})
-        _bar(axes[1], [f"step {k}" for k in hist], list(hist.values()), "First incorrect step")
+        bars = step_bars(corr.get("incorrect_step_histogram", {}))
+        _bar(axes[1], list(bars), list(bars.values()), "First incorrect step")
         plots.append(("Corrections", save_png(fig, root.join("corrections.png"))))
 
     # -- training loss curve
@@ -99,9 +122,9 @@ def write_report(run_dir: Storage, stages: list[str]) -> str:
         tr = [(h["step"], h["train_loss"]) for h in hist if h.get("train_loss") is not None]
         ev = [(h["step"], h["eval_loss"]) for h in hist if h.get("eval_loss") is not None]
         if tr:
-            ax.plot(*zip(*tr), label="train loss")
+            ax.plot(*zip(*binned(tr)), label="train loss" + (" (binned means)" if len(tr) > MAX_POINTS else ""))
         if ev:
-            ax.plot(*zip(*ev), "o-", label="eval loss")
+            ax.plot(*zip(*binned(ev)), "o-", label="eval loss")
         ax.set_xlabel("optimizer step")
         ax.set_title("Training loss")
         ax.legend()
@@ -129,17 +152,19 @@ def write_report(run_dir: Storage, stages: list[str]) -> str:
         plots.append(("Evaluation", save_png(fig, root.join("evaluation.png"))))
 
     # -- per stage: records, tokens, wall time, cost
-    lines += ["## Stages", "", "| stage | key figures | tokens | wall s | cost $ |", "|---|---|---|---|---|"]
+    lines += ["## Stages", "", "| stage | key figures | tokens | wall s | items/s | cost $ |",
+              "|---|---|---|---|---|---|"]
     keys = {"problems": ["problems", "rejected"], "sample": ["paths", "correct", "inaccurate", "failed"],
             "correct": ["attempted", "parsed", "verified"], "data": ["cot", "correction", "train", "held_out"],
             "train": ["steps", "final_train_loss", "final_eval_loss"], "evaluate": []}
     for s in stages:
         if s not in m:
-            lines.append(f"| {s} | not run | | | |")
+            lines.append(f"| {s} | not run | | | | |")
             continue
         figs = ", ".join(f"{k} {_fmt(m[s][k])}" for k in keys.get(s, []) if m[s].get(k) is not None)
         tok = m[s].get("tokens", m[s].get("train_tokens", ""))
-        lines.append(f"| {s} | {figs} | {tok} | {_fmt(m[s].get('wall_s', ''))} | {_fmt(m[s].get('cost', ''))} |")
+        lines.append(f"| {s} | {figs} | {tok} | {_fmt(m[s].get('wall_s', ''))} | {_fmt(m[s].get('items_per_s', ''))} "
+                     f"| {_fmt(m[s].get('cost', ''))} |")
     lines.append("")
     if corr.get("reject_reasons"):
         lines += ["## Corrections not kept, by reason", ""]

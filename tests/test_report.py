@@ -1,0 +1,38 @@
+"""The report's plots at any size: curves binned to a few hundred points, histograms capped."""
+
+from __future__ import annotations
+
+from lema.storage import Storage
+from pipelines.report import MAX_POINTS, binned, step_bars, write_report
+from pipelines.stage_io import StageDir
+
+
+def test_a_million_point_curve_is_binned_to_means():
+    points = [(float(i), float(i % 2)) for i in range(1_000_000)]
+    out = binned(points)
+    assert len(out) <= MAX_POINTS
+    assert all(abs(y - 0.5) < 0.01 for _, y in out)  # means of alternating 0/1
+    assert out[0][0] < out[-1][0] and binned(points[:10]) == points[:10]
+
+
+def test_first_mistake_steps_past_twelve_share_a_bar():
+    assert step_bars({"1": 5, "2": 3, "13": 1, "40": 2}) == {"step 1": 5, "step 2": 3, "13+": 3}
+
+
+def test_report_of_a_run_at_scale_from_manifests(tmp_path):
+    """Figures of a million-problem run reach the report through manifests alone."""
+    StageDir(tmp_path, "problems").write_manifest("h", problems=1_000_000)
+    StageDir(tmp_path, "sample").write_manifest(
+        "h", paths=2_000_000, inaccurate=990_000, wall_s=1500.0, items_per_s=666.7,
+        per_generator={"scripted": {"paths": 2_000_000, "correct": 1_010_000, "inaccurate": 990_000,
+                                    "failed": 0, "accuracy": 0.505}})
+    StageDir(tmp_path, "correct").write_manifest(
+        "h", attempted=990_000, verified=990_000, status={"verified": 990_000}, verification_rate=1.0,
+        incorrect_step_histogram={str(k): 1000 for k in range(1, 30)})
+    StageDir(tmp_path, "train").write_manifest(
+        "h", history=[{"step": i, "train_loss": 1.0 / (1 + i)} for i in range(1, 5000)])
+    report = write_report(Storage(tmp_path), ["problems", "sample", "correct", "train"])
+    text = (tmp_path / "report.md").read_text()
+    assert report.endswith("report.md") and "| sample | paths 2000000" in text and "| 666.7 |" in text
+    for png in ("counts.png", "generators.png", "corrections.png", "training_loss.png"):
+        assert (tmp_path / png).stat().st_size > 1000
