@@ -243,7 +243,7 @@ def run_stage(args: argparse.Namespace, generator, problems, actors: int,
         rows = stage.read_rows()
         sides = {c: stage.file(f"chunk-{c}.json").read_json() for c in sorted(stage.done_parts())}
         written = {c: os.stat(stage.part(c).path).st_mtime for c in sides}
-        assert len(read_sides(stage)) == len(sides)
+        assert len(list(read_sides(stage))) == len(sides)
     chunk_of = {item: c for c, side in sides.items() for item in side["items"]}  # a Path's chunk
     chunk_tokens: dict[str, int] = {}
     for r in rows:

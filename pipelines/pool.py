@@ -21,7 +21,7 @@ import json
 import time
 import warnings
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from lema.config import PoolConfig
@@ -39,10 +39,15 @@ class StageFailed(RuntimeError):
 class FailureGate:
     """Counts a stage's requests and failures chunk by chunk; raises past the threshold."""
 
-    def __init__(self, stage: str, max_rate: float, sides: list[dict[str, Any]]):
+    def __init__(self, stage: str, max_rate: float, sides: Iterable[dict[str, Any]]):
+        """Start from the figures of the chunks already finished (`sides`, read once); `items`
+        counts the items they covered."""
         self.stage, self.max_rate = stage, max_rate
-        self.requests = sum(s.get("requests", 0) for s in sides)
-        self.failures = sum(s.get("failures", 0) for s in sides)
+        self.requests = self.failures = self.items = 0
+        for side in sides:
+            self.requests += side.get("requests", 0)
+            self.failures += side.get("failures", 0)
+            self.items += len(side.get("items", []))
 
     def check(self, side: dict[str, Any]) -> None:
         """Count one chunk; raise StageFailed when the stage should stop."""
@@ -141,16 +146,13 @@ def run_chunks(
     Raises:
         StageFailed: the engine failed past `pool.max_failure_rate`.
     """
-    sides = read_sides(stage, prefix)
-    done = sum(len(s.get("items", [])) for s in sides)
-    if done >= total:
+    gate = FailureGate(stage.stage, pool.max_failure_rate, read_sides(stage, prefix))
+    if gate.items >= total:
         return
-    gate = FailureGate(stage.stage, pool.max_failure_rate, sides)
-    del sides
     with warnings.catch_warnings():  # Ray 2.60 has no named parameter for actor restarts yet
         warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated")
         out = _map(chunks, actor_cls, ctor_kwargs, pool)
-    progress = Progress(desc, total, done)
+    progress = Progress(desc, total, gate.items)
     # no prefetch: each part is written as soon as its chunk is done (resume loses less)
     for batch in out.iter_batches(batch_size=None, batch_format="pandas", prefetch_batches=0):
         for row in batch.to_dict("records"):
@@ -248,10 +250,12 @@ def _map(ds: Any, actor_cls: type, ctor_kwargs: dict[str, Any], pool: PoolConfig
     )
 
 
-def read_sides(stage: StageDir, prefix: str = "") -> list[dict[str, Any]]:
-    """The side figures of every finished chunk whose id starts with `prefix`."""
-    return [stage.file(f"chunk-{c}.json").read_json() or {}
-            for c in sorted(stage.done_parts()) if c.startswith(prefix)]
+def read_sides(stage: StageDir, prefix: str = "") -> Iterator[dict[str, Any]]:
+    """The side figures of every finished chunk whose id starts with `prefix`, one file at a time
+    (the driver never holds them all)."""
+    for chunk in sorted(stage.done_parts()):
+        if chunk.startswith(prefix):
+            yield stage.file(f"chunk-{chunk}.json").read_json() or {}
 
 
 def failure_side(engine: str, outputs_errors: list[str | None]) -> dict[str, Any]:

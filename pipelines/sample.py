@@ -61,10 +61,9 @@ def run_sample(ctx: RunContext, stage: StageDir, stage_hash: str) -> dict[str, A
         prefix = f"g{gi}-"
         sample_chunks(cfg, stage, part_chunks(problems, stage, "id", pool.batch_size, prefix), total, gen, pool,
                       prefix=prefix, desc=f"sample {gen.engine.label}")
-    sides = read_sides(stage)
     counts: dict[str, Any] = {}
     rejects: dict[str, dict[str, Any]] = {}  # each generator sees the same malformed problems: count each once
-    for side in sides:
+    for side in read_sides(stage):
         add_counts(counts, side.get("counts", {}))
         rejects.update({r["id"]: r for r in side.get("rejects", [])})
     figures = summarize_paths(counts)
