@@ -39,7 +39,7 @@ demo: $(STAMP)  # a CoT start, then the LeMa loop from it (see configs/demo.yaml
 
 # Each prints a last JSON line of ratios measured side by side; grading_agreement.py needs peer
 # repositories (--peer-repo, --lema-repo) and runs by hand.
-BENCHMARKS := grading sampling correcting training pool_scaling service service_corrector lema_effect
+BENCHMARKS := grading sampling correcting training pool_scaling service service_corrector lema_effect scale
 
 bench: $(STAMP)
 	for b in $(BENCHMARKS); do $(BIN)/python benchmarks/$$b.py --quick || exit 1; done

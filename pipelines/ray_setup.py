@@ -51,8 +51,8 @@ def worker_runtime_env() -> dict[str, Any]:
 def init_ray(cfg: LemaConfig) -> None:
     """Join the cluster of `ray job submit` (RAY_ADDRESS) or cfg.ray.address, else start locally.
 
-    Ray Data's own progress bars and plan printouts are off: every stage shows one progress bar
-    of its own (items done) and ends with a line of figures.
+    Ray Data's own progress bars and plan printouts are off: every stage logs its own progress
+    (items done of the total, rate, ETA; `pipelines.pool.Progress`) and ends with a line of figures.
     """
     import ray
     import ray.data
