@@ -261,6 +261,59 @@ class CorrectConfig(StrictModel):
         return self
 
 
+class EvolveConfig(StrictModel):
+    """Correction-centric question evolution (LeMa §2.2): new questions grown from seeds, labelled
+    by a majority of votes, then sampled and corrected like the others (see lema.evolution)."""
+
+    enabled: bool = False
+    """Run the evolve stage; its verified corrections join the correction data only."""
+    strategy: Literal["correction_centric", "general"] = "correction_centric"
+    """correction_centric: seeds drawn with replacement from the questions of verified
+    corrections, one entry per correction (a question corrected 3 times is drawn 3x as often);
+    general (the paper's control): as many draws, uniformly from all training questions."""
+    seeds: int = Field(64, ge=1)
+    """Draws: one new question is written per draw (a question drawn twice gives two)."""
+    seed: int = 0
+    """Seed of the draws and of the reference evolver's changes."""
+    evolver: Literal["llm", "reference"] = "llm"
+    """llm: a model on `engine` writes and labels the questions; reference: synthetic problems
+    changed by construction (new numbers, a step added or changed, two seeds combined), exact
+    labels, offline."""
+    engine: EngineConfig = Field(default_factory=EngineConfig)
+    """The evolver and labeller model (llm): a strong model, as the corrector."""
+    write_sampling: SamplingConfig = Field(default_factory=lambda: SamplingConfig(temperature=0.7, max_tokens=512))
+    """Writing a new question: one completion per seed (n stays 1)."""
+    answer_sampling: SamplingConfig = Field(default_factory=lambda: SamplingConfig(temperature=0.7, max_tokens=512))
+    """Answering a new question for its label: `votes` completions in one request (n stays 1;
+    the votes set it); temperature > 0, so the votes are independent answers."""
+    votes: int = Field(3, ge=2)
+    """Answers per new question; the label is the most common one if at least 2 agree and no
+    other answer is as common (all different: dropped)."""
+    dedup_ngram: int = Field(3, ge=1)
+    """Near-duplicate check: word n-grams of this size (shorter texts count whole)."""
+    dedup_threshold: float = Field(0.6, gt=0.0, le=1.0)
+    """Drop a new question whose n-gram Jaccard similarity with its seed, an earlier new question
+    or an eval question reaches this."""
+    generator_adapter: str | None = None
+    """Round 2: sample the new questions' mistakes from this LoRA adapter (the first round's
+    fine-tuned model) on the generators' models; None: the sample stage's generators as they are."""
+    pool: PoolConfig = Field(default_factory=PoolConfig, json_schema_extra=OPERATIONAL)
+
+    @model_validator(mode="after")
+    def _checks(self) -> EvolveConfig:
+        errors = [f"{key}.n is {s.n}: leave it 1 ({why})" for key, s, why in (
+            ("write_sampling", self.write_sampling, "one question per seed"),
+            ("answer_sampling", self.answer_sampling, "`votes` sets the answers per question")) if s.n != 1]
+        if self.evolver == "llm" and self.answer_sampling.temperature == 0:
+            errors.append("answer_sampling.temperature is 0: the votes would all be one greedy answer; "
+                          "set it above 0 (e.g. 0.7)")
+        if errors:
+            raise ValueError("; ".join(errors))
+        if self.evolver == "llm":
+            _check_vllm_gpus([("engine", self.engine)], self.pool, "evolve")
+        return self
+
+
 class DataConfig(StrictModel):
     cot_source: Literal["gold", "sampled", "both"] = "gold"
     """CoT examples from gold solutions, verified-correct sampled paths, or both."""
@@ -382,6 +435,7 @@ class LemaConfig(StrictModel):
     problems: ProblemSourceConfig = Field(default_factory=ProblemSourceConfig)
     sample: SampleConfig = Field(default_factory=SampleConfig)
     correct: CorrectConfig = Field(default_factory=CorrectConfig)
+    evolve: EvolveConfig = Field(default_factory=EvolveConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)

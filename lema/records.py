@@ -39,6 +39,8 @@ class Problem(Record):
     solution: str | None = None  # reference solution, if the source has one
     level: str | None = None  # difficulty (MATH level, synthetic steps), if known
     steps: list[str] | None = None  # gold steps (synthetic problems only)
+    origin: str | None = None  # how the problem was made, when not by its source: "evolved"
+    seed_id: str | None = None  # evolved problems: the id of the problem it was grown from
 
 
 @dataclass

@@ -166,3 +166,67 @@ def iter_problems(count: int, levels: list[int], seed: int = 0, split: str = "tr
 def generate_problems(count: int, levels: list[int], seed: int = 0, split: str = "train") -> list[Problem]:
     """`iter_problems` as a list."""
     return list(iter_problems(count, levels, seed, split))
+
+
+# ---------------------------------------------------------------- chains (the reference evolver)
+@dataclass(frozen=True)
+class Chain:
+    """What a synthetic problem states: who, which items, the starting amount, and per step the
+    operation (an index into the operation table) with its numbers (a, b)."""
+
+    name: str
+    item: str
+    start: int
+    ops: tuple[tuple[int, int, int], ...]  # (operation index, a, b)
+
+
+OPERATIONS = len(_OPS)
+"""How many kinds of operation a chain step can take (indices 0 .. OPERATIONS - 1)."""
+
+
+def read_chain(question: str) -> Chain | None:
+    """The chain a synthetic question states (None when it is not one of `make_problem`'s)."""
+    sentences = re.split(r"(?<=[.?]) ", question.strip())
+    first, last = _START_PATTERN.fullmatch(sentences[0]), _ASK_PATTERN.fullmatch(sentences[-1])
+    if not first or not last or (first["name"], first["item"]) != (last["name"], last["item"]):
+        return None
+    ops = []
+    for sentence in sentences[1:-1]:
+        read = _read_op(sentence, first["name"], first["item"])
+        if read is None:
+            return None
+        op, a, b = read
+        ops.append((_OPS.index(op), a, b))
+    return Chain(first["name"], first["item"], int(first["x"]), tuple(ops)) if ops else None
+
+
+def draw_chain(rng: random.Random, name: str, item: str, start: int, kinds: list[int]) -> Chain:
+    """A chain doing the operations `kinds` in order, with numbers drawn as `make_problem` draws
+    them; a kind that does not fit the amount at its step (nothing left to give, no equal
+    groups) is replaced by a drawn one that does."""
+    x, ops = start, []
+    for kind in kinds:
+        drawn = _OPS[kind].draw(rng, x)
+        while drawn is None:
+            kind = rng.randrange(len(_OPS))
+            drawn = _OPS[kind].draw(rng, x)
+        ops.append((kind, *drawn))
+        x = _OPS[kind].apply(x, *drawn)
+    return Chain(name, item, start, tuple(ops))
+
+
+def chain_problem(chain: Chain, pid: str, split: str) -> Problem:
+    """The Problem a chain states, worded and solved exactly as `make_problem` does (so
+    `solve_question` reads its question back into its gold steps)."""
+    name, item, x = chain.name, chain.item, chain.start
+    sentences, steps = [_fill(_START, name, item, x=x)], []
+    for kind, a, b in chain.ops:
+        op = _OPS[kind]
+        y = op.apply(x, a, b)
+        sentences.append(_fill(op.sentence, name, item, a, b))
+        steps.append(_fill(op.work, name, item, a, b, x=x, y=y))
+        x = y
+    solution = "\n".join(f"Step {i}: {s}" for i, s in enumerate(steps, 1))
+    return Problem(id=pid, dataset="synthetic", split=split,
+                   question=" ".join(sentences) + " " + _fill(_ASK, name, item), answer=str(x),
+                   solution=f"{solution}\nThe answer is {x}.", level=str(len(steps)), steps=steps)
