@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 HEAD_TYPE = "ray.head.default"  # the fake provider names the head's node type so
+NODE_ID_ENV = "RAY_OVERRIDE_NODE_ID_FOR_TESTING"  # the fake provider's node id, in the env of a worker node's raylet
 
 
 def free_port() -> int:
@@ -168,6 +169,20 @@ class FakeAutoscalingCluster:
             env=env,
         )
 
+    @classmethod
+    def with_cpu_workers(cls, workers: int, cpus: int = 2, max_workers: int | None = None,
+                         object_store_mb: int = 150, idle_timeout_s: float = 60.0,
+                         env: dict[str, str] | None = None) -> FakeAutoscalingCluster:
+        """A head without CPUs and one worker type, `cpu_<cpus>x`, of `cpus` CPUs and no GPU, kept at
+        `workers` nodes (min_workers; up to `max_workers`, default the same) from the start."""
+        return cls(
+            head_resources={"CPU": 0},
+            worker_types={f"cpu_{cpus}x": {"resources": {"CPU": cpus, "object_store_memory": object_store_mb * 1024**2},
+                                          "min_workers": workers, "max_workers": max_workers or workers}},
+            idle_timeout_s=idle_timeout_s,
+            env=env,
+        )
+
     @property
     def idle_wait_s(self) -> float:
         """How long to wait for idle worker nodes to go: the idle timeout with ample slack."""
@@ -218,6 +233,44 @@ class FakeAutoscalingCluster:
                 continue
         return out
 
+    def node_processes(self) -> dict[str, list[int]]:
+        """Fake worker node id (as in `ray.nodes()`) -> the pids of its processes: its raylet (the
+        object store runs inside it) and the raylet's descendants (dashboard and runtime-env
+        agents, Ray workers). The fake provider puts the node id in the raylet's environment
+        (`RAY_OVERRIDE_NODE_ID_FOR_TESTING`); the head's raylet has the head's id and is left
+        out, and so is each worker node's log monitor (a child of the autoscaler's monitor, which
+        names no node)."""
+        import psutil
+        from ray.autoscaler._private.fake_multi_node.node_provider import FAKE_HEAD_NODE_ID
+
+        out: dict[str, list[int]] = {}
+        for pid in self.processes():
+            try:
+                environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+                if psutil.Process(pid).name() != "raylet":
+                    continue
+                children = [c.pid for c in psutil.Process(pid).children(recursive=True)]
+            except (FileNotFoundError, ProcessLookupError, PermissionError, psutil.NoSuchProcess):
+                continue
+            ids = [e.split(b"=", 1)[1].decode() for e in environ if e.startswith(NODE_ID_ENV.encode() + b"=")]
+            if ids and ids[0] != FAKE_HEAD_NODE_ID:
+                out[ids[0]] = [pid, *children]
+        return out
+
+    def kill_node(self, node_id: str) -> list[int]:
+        """SIGKILL every process of one fake worker node (`node_processes`: raylet, object store,
+        agents, Ray workers), as a machine that goes away, not just a worker on it; the GCS then
+        marks the node dead. Returns the pids signalled."""
+        pids = self.node_processes().get(node_id, [])
+        if not pids:
+            raise ValueError(f"no processes of fake worker node {node_id} in this cluster")
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                continue
+        return pids
+
     def stop(self) -> list[int]:
         """End this cluster's processes (SIGTERM, then SIGKILL); return the pids still alive
         afterwards (none, unless something left the session)."""
@@ -245,6 +298,23 @@ class FakeAutoscalingCluster:
 
         ray.init(address=self.address, log_to_driver=False, configure_logging=False)
         ray.data.DataContext.get_current().enable_progress_bars = False
+
+    def wait_for_workers(self, n: int, hold_s: float = 15.0, timeout_s: float = 180.0) -> bool:
+        """Wait until exactly `n` worker nodes have been alive for `hold_s` seconds on end (from a
+        connected driver); whether that happened within `timeout_s`. Launching min_workers nodes,
+        the autoscaler overshoots: it launches more while the first are still starting (the fake
+        provider lists a node only once its raylet is up), then removes the extra ones
+        (max_workers_per_type) a few seconds after they joined; work placed on them would be lost."""
+        import ray
+
+        deadline, since = time.time() + timeout_s, None
+        while time.time() < deadline:
+            workers = [x for x in ray.nodes() if x["Alive"] and "node:__internal_head__" not in x["Resources"]]
+            since = (since or time.time()) if len(workers) == n else None
+            if since and time.time() - since >= hold_s:
+                return True
+            time.sleep(0.5)
+        return False
 
     # ------------------------------------------------------------ watching
     def watch(self, every_s: float = 0.5,
