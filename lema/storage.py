@@ -13,16 +13,19 @@ usual AWS variables), never from the URI.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
 import tempfile
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+import pyarrow as pa
 import pyarrow.fs as pafs
 
 
@@ -108,10 +111,25 @@ class Storage:
 
     def write_bytes(self, data: bytes) -> None:
         """Write the whole file at once: a temporary name, then a rename (readers never see half)."""
+        with self.open_output() as f:
+            f.write(data)
+
+    @contextlib.contextmanager
+    def open_output(self) -> Iterator[pa.NativeFile]:
+        """A binary stream writing this file piece by piece (bounded memory, any filesystem): the
+        file appears whole under its name when the block ends (a temporary name, then a rename),
+        and not at all when the block raises."""
         self.parent.mkdir()
         tmp = f"{self.parent.path}/.tmp-{uuid.uuid4().hex}-{self.name}"
-        with self.fs.open_output_stream(tmp) as f:
-            f.write(data)
+        try:
+            with self.fs.open_output_stream(tmp) as f:
+                yield f
+        except BaseException:
+            try:
+                self.fs.delete_file(tmp)
+            except OSError:
+                pass
+            raise
         self.fs.move(tmp, self.path)
 
     def write_text(self, text: str) -> None:

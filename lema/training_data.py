@@ -9,15 +9,15 @@ corrector's output format (incorrect step, explanation, corrected solution).
 
 from __future__ import annotations
 
-import dataclasses
+import hashlib
 import io
 import json
-import random
 import re
 from collections.abc import Iterable
 from pathlib import Path as FilePath
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -77,30 +77,61 @@ def correction_example(correction: Correction, prompt: str = "zero_shot") -> Exa
 
 
 # ---------------------------------------------------------------- building the set
+# The set is built in passes over batches (pipelines/data.py runs them as Ray Data steps, so no
+# process holds the whole set): `Candidates` turns input records into candidate rows, one per
+# example; `dedup_bucket` keeps the smallest id of each dedup key within a hash bucket;
+# `count_batch` adds up a batch's figures; `locate` and `select_bucket` find the exact
+# threshold of a cap; `finalize_batch` applies caps and the split and writes each row's JSON line.
 def _words(text: str) -> list[str]:
     return re.findall(r"\w+", text.lower())
 
 
-class _Contamination:
-    """Word n-gram overlap with eval questions (shorter eval questions count whole)."""
+def _digest(text: str, size: int = 8) -> bytes:
+    return hashlib.blake2b(text.encode(), digest_size=size).digest()
+
+
+def seeded_hash(seed: int, salt: str, text: str) -> int:
+    """A stable 64-bit hash of `text` under a seed and a purpose (same on every run and process)."""
+    return int.from_bytes(_digest(f"{seed}\x1f{salt}\x1f{text}"), "big")
+
+
+def held_out(problem_key: str, seed: int, fraction: float) -> bool:
+    """Whether a problem is held out: its seeded hash falls in the first `fraction` of the range
+    (about `fraction` of the problems, the same ones on every run)."""
+    return seeded_hash(seed, "split", problem_key) < fraction * 2**64
+
+
+class Contamination:
+    """Word n-gram overlap with eval questions (shorter eval questions count whole). The n-grams
+    are kept as sorted 64-bit hashes: 8 bytes each, picklable to every worker."""
 
     def __init__(self, eval_questions: Iterable[str], n: int):
         self.n = n
-        self.grams: dict[int, set[tuple[str, ...]]] = {}
+        grams: dict[int, set[int]] = {}
         for q in eval_questions:
             words = _words(q)
             size = min(n, len(words))
             if size:
-                self.grams.setdefault(size, set()).update(_ngrams(words, size))
+                grams.setdefault(size, set()).update(_ngrams(words, size))
+        self.grams = {size: np.array(sorted(g), dtype=np.uint64) for size, g in grams.items()}
 
     def __call__(self, question: str) -> bool:
         words = _words(question)
-        return any(not grams.isdisjoint(_ngrams(words, size))
-                   for size, grams in self.grams.items())
+        for size, grams in self.grams.items():
+            mine = np.fromiter(_ngrams(words, size), dtype=np.uint64)
+            at = np.searchsorted(grams, mine).clip(max=len(grams) - 1)
+            if mine.size and (grams[at] == mine).any():
+                return True
+        return False
+
+    @property
+    def size(self) -> int:
+        """How many n-gram hashes are held."""
+        return sum(len(g) for g in self.grams.values())
 
 
-def _ngrams(words: list[str], n: int) -> set[tuple[str, ...]]:
-    return {tuple(words[i: i + n]) for i in range(len(words) - n + 1)}
+def _ngrams(words: list[str], n: int) -> set[int]:
+    return {int.from_bytes(_digest(" ".join(words[i: i + n])), "big") for i in range(len(words) - n + 1)}
 
 
 def _dedup_key(example: Example) -> str:
@@ -108,113 +139,199 @@ def _dedup_key(example: Example) -> str:
                        for m in example.messages)
 
 
-def build_examples(
-    problems: list[Problem],
-    paths: list[Path],
-    corrections: list[Correction],
-    eval_questions: list[str],
-    cfg: DataConfig,
-    cot_prompt: str = "cot",
-) -> tuple[list[Example], list[Example], dict[str, Any]]:
-    """The training set: CoT + verified corrections, mixed, deduplicated, decontaminated, split.
+# Candidate categories: the three kinds of example, and records that make none (counted).
+GOLD, SAMPLED, CORRECTION, NO_SOLUTION, INCOMPLETE = range(5)
+EXAMPLE_CATS = (GOLD, SAMPLED, CORRECTION)
+BUCKET_BITS = 12  # rank histograms: 4096 buckets per category
+BUCKETS = 1 << BUCKET_BITS
+
+CANDIDATE_SCHEMA = pa.schema([
+    ("bucket", pa.int32()),  # the dedup key's hash bucket (duplicates share it)
+    ("key", pa.binary(16)),  # blake2b of the normalised messages (`_dedup_key`)
+    ("id", pa.string()),
+    ("cat", pa.int8()),
+    ("lineage", pa.string()),  # the source ids joined: the last tie-break of a key's rows
+    ("contaminated", pa.bool_()),
+    ("rank", pa.uint64()),  # seeded hash of the id: caps keep the smallest
+    ("messages", pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))),
+    ("source_ids", pa.list_(pa.string())),
+])
+DEDUPED_SCHEMA = pa.schema([f for f in CANDIDATE_SCHEMA if f.name not in ("bucket", "lineage")]
+                           + [pa.field("dups", pa.int32())])
+
+
+class Candidates:
+    """One batch of input records (rows of Problem, Path or Correction) -> candidate rows: the
+    example each makes, with its dedup key, contamination flag and rank (or a counted record that
+    makes none: a problem without a solution, an incomplete correction).
 
     Args:
-        problems: training problems (gold solutions for cot_source gold/both; questions).
-        paths: sampled paths; correct ones are CoT examples for cot_source sampled/both.
-        corrections: corrections; verified ones become correction examples.
-        eval_questions: questions of every eval set, for n-gram decontamination.
-        cfg: the data config (sources, ratio, cap, n-gram size, held-out fraction, seed).
+        source: "problems" (gold CoT), "sample" (sampled CoT from correct paths) or "correct"
+            (verified corrections).
+        cfg: the data config (correction prompt, seed).
+        contamination: the eval questions' n-grams.
         cot_prompt: the CoT prompt of CoT examples (the one the model is evaluated with).
-    Returns:
-        (train, held_out, stats); held_out examples carry split="eval". Problems are never
-        split across the two, so a held-out question is unseen in training.
+        buckets: how many dedup hash buckets (the groups a dedup step sees whole).
     """
-    by_id = {p.id: p for p in problems}
-    path_text = {p.path_id: p.text for p in paths}
-    stats: dict[str, Any] = {"cot_no_solution": 0, "correction_incomplete": 0}
-    cot: list[tuple[str, Example]] = []  # (question, example)
-    gold_ids: set[str] = set()  # CoT examples from gold solutions (a cap keeps these first)
-    if cfg.cot_source in ("gold", "both"):
-        for p in problems:
+
+    def __init__(self, source: str, cfg: DataConfig, contamination: Contamination, cot_prompt: str = "cot",
+                 buckets: int = 64):
+        if source not in ("problems", "sample", "correct"):
+            raise ValueError(f"unknown candidate source {source!r}")
+        self.source, self.cfg, self.contamination, self.cot_prompt = source, cfg, contamination, cot_prompt
+        self.buckets = buckets
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        rows = [row for r in batch.to_pylist() if (row := self.row(r)) is not None]
+        return pa.Table.from_pylist(rows, schema=CANDIDATE_SCHEMA)
+
+    def row(self, record: dict[str, Any]) -> dict[str, Any] | None:
+        """The candidate row of one record (None: it makes no example and counts nothing)."""
+        if self.source == "problems":
+            p = Problem.from_dict(record)
             if not p.solution:
-                stats["cot_no_solution"] += 1
-                continue
-            cot.append((p.question, cot_example(p.id, p.question, p.solution, p.answer, prompt=cot_prompt)))
-            gold_ids.add(cot[-1][1].id)
-    if cfg.cot_source in ("sampled", "both"):
-        for path in paths:
+                return self._counted(NO_SOLUTION, p.id)
+            ex = cot_example(p.id, p.question, p.solution, p.answer, prompt=self.cot_prompt)
+            return self._candidate(GOLD, p.question, ex)
+        if self.source == "sample":
+            path = Path.from_dict(record)
             if not path.correct or path.error:
-                continue
-            problem = by_id.get(path.problem_id)
-            question = path.question or (problem.question if problem else "")
-            answer = path.answer or (problem.answer if problem else None)
-            cot.append((question, cot_example(path.problem_id, question, path.text, answer or None,
-                                              [path.problem_id, path.path_id], prompt=cot_prompt)))
-    fixes: list[tuple[str, Example]] = []
-    if cfg.include_corrections:
-        for c in corrections:
-            if not (c.verified and c.status == "verified"):
-                continue
-            problem = by_id.get(c.problem_id)
-            c = dataclasses.replace(
-                c, question=c.question or (problem.question if problem else ""),
-                solution=c.solution or path_text.get(c.path_id, ""))
-            try:
-                fixes.append((c.question, correction_example(c, cfg.correction_prompt)))
-            except ValueError:
-                stats["correction_incomplete"] += 1
+                return None
+            ex = cot_example(path.problem_id, path.question, path.text, path.answer or None,
+                             [path.problem_id, path.path_id], prompt=self.cot_prompt)
+            return self._candidate(SAMPLED, path.question, ex)
+        c = Correction.from_dict(record)
+        if not (c.verified and c.status == "verified"):
+            return None
+        try:
+            ex = correction_example(c, self.cfg.correction_prompt)
+        except ValueError:
+            return self._counted(INCOMPLETE, c.path_id)
+        return self._candidate(CORRECTION, c.question, ex)
 
-    contaminated = _Contamination(eval_questions, cfg.decontaminate_ngram)
-    seen: set[str] = set()
-    kept: dict[str, list[tuple[str, Example]]] = {"cot": [], "correction": []}
-    stats.update(duplicates_dropped=0, contaminated_dropped=0)
-    for question, ex in sorted(cot + fixes, key=lambda qe: qe[1].id):
-        key = _dedup_key(ex)
-        if key in seen:
-            stats["duplicates_dropped"] += 1
-            continue
-        seen.add(key)
-        if contaminated(question):
-            stats["contaminated_dropped"] += 1
-            continue
-        kept[ex.kind].append((question, ex))
+    def _candidate(self, cat: int, question: str, ex: Example) -> dict[str, Any]:
+        key = _digest(_dedup_key(ex), 16)
+        return {"bucket": int.from_bytes(key[:4], "big") % self.buckets, "key": key, "id": ex.id,
+                "cat": cat, "lineage": "\x1f".join(ex.source_ids), "contaminated": self.contamination(question),
+                "rank": seeded_hash(self.cfg.seed, "rank", ex.id),
+                "messages": ex.messages, "source_ids": ex.source_ids}
 
-    rng = random.Random(cfg.seed)
-    if cfg.max_cot is not None and len(kept["cot"]) > cfg.max_cot:  # gold first, then sampled at random
-        gold = [qe for qe in kept["cot"] if qe[1].id in gold_ids]
-        sampled = [qe for qe in kept["cot"] if qe[1].id not in gold_ids]
-        stats["cot_dropped_by_cap"] = len(kept["cot"]) - cfg.max_cot
-        kept["cot"] = (gold + rng.sample(sampled, len(sampled)))[: cfg.max_cot]
-    chosen_fixes = kept["correction"]
-    if cfg.correction_ratio is not None:
-        want = min(len(chosen_fixes), round(cfg.correction_ratio * len(kept["cot"])))
-        chosen_fixes = rng.sample(chosen_fixes, want)
-    stats["correction_dropped_by_ratio"] = len(kept["correction"]) - len(chosen_fixes)
-    examples = [ex for _, ex in kept["cot"] + chosen_fixes]
-    stats.update(cot=len(kept["cot"]), correction=len(chosen_fixes))
-
-    train, held_out = _split(examples, cfg.eval_fraction, rng)
-    stats.update(train=len(train), held_out=len(held_out))
-    return train, held_out, stats
+    def _counted(self, cat: int, record_id: str) -> dict[str, Any]:
+        key = _digest(f"{cat}\x1f{record_id}", 16)  # never an example's key (no \x1e, no role)
+        return {"bucket": int.from_bytes(key[:4], "big") % self.buckets, "key": key, "id": record_id,
+                "cat": cat, "lineage": record_id, "contaminated": False, "rank": 0, "messages": [], "source_ids": []}
 
 
-def _split(examples: list[Example], fraction: float, rng: random.Random):
-    """Hold out about `fraction` of the examples, whole problems at a time; shuffle both."""
-    groups: dict[str, list[Example]] = {}
-    for ex in examples:
-        groups.setdefault(ex.source_ids[0] if ex.source_ids else ex.id, []).append(ex)
-    keys = sorted(groups)
-    rng.shuffle(keys)
-    target = round(fraction * len(examples))
-    held_out: list[Example] = []
-    train: list[Example] = []
-    for key in keys:
-        (held_out if len(held_out) < target else train).extend(groups[key])
-    for ex in held_out:
-        ex.split = "eval"
-    rng.shuffle(train)
-    rng.shuffle(held_out)
-    return train, held_out
+def dedup_bucket(batch: pa.Table) -> pa.Table:
+    """Candidate rows holding every row of their dedup keys (one hash bucket, or several) -> one
+    row per key, with `dups`: how many other rows had its key. The row kept has the smallest id;
+    among equal ids (a gold solution and a sampled path with its text; two equal paths) gold
+    comes first, then the smallest lineage, so the choice never depends on the rows' order."""
+    if batch.num_rows == 0:
+        return DEDUPED_SCHEMA.empty_table()
+    batch = batch.sort_by([("key", "ascending"), ("id", "ascending"), ("cat", "ascending"),
+                           ("lineage", "ascending")])
+    keys = batch.column("key").to_pylist()
+    first = np.array([i == 0 or keys[i] != keys[i - 1] for i in range(len(keys))])
+    starts = np.flatnonzero(first)
+    sizes = np.diff(np.append(starts, len(keys)))
+    kept = batch.filter(pa.array(first)).drop_columns(["bucket", "lineage"])
+    return kept.append_column("dups", pa.array(sizes - 1, pa.int32())).select(DEDUPED_SCHEMA.names)
+
+
+# count_batch's vector: these figures, then one rank histogram per example category
+_FIGURES = ("gold", "sampled", "correction", "cot_no_solution", "correction_incomplete",
+            "contaminated_dropped", "duplicates_dropped")
+COUNT_WIDTH = len(_FIGURES) + len(EXAMPLE_CATS) * BUCKETS
+
+
+def count_batch(batch: pa.Table) -> np.ndarray:
+    """A deduplicated batch's figures as one int64 vector (vectors add up): examples kept per
+    category (not contaminated), records that made no example, contaminated keys, duplicates
+    dropped, and per category the histogram of the top `BUCKET_BITS` bits of the rank."""
+    out = np.zeros(COUNT_WIDTH, dtype=np.int64)
+    if batch.num_rows == 0:
+        return out
+    cat = batch.column("cat").to_numpy()
+    contaminated = batch.column("contaminated").to_numpy(zero_copy_only=False)
+    dups = batch.column("dups").to_numpy().astype(np.int64)
+    rank = batch.column("rank").to_numpy()
+    example = cat <= CORRECTION
+    clean = example & ~contaminated
+    for c in EXAMPLE_CATS:
+        out[c] = np.count_nonzero(clean & (cat == c))
+        hist = np.bincount((rank[clean & (cat == c)] >> np.uint64(64 - BUCKET_BITS)).astype(np.int64),
+                           minlength=BUCKETS)
+        out[len(_FIGURES) + c * BUCKETS: len(_FIGURES) + (c + 1) * BUCKETS] = hist
+    out[3] = int((1 + dups[cat == NO_SOLUTION]).sum())
+    out[4] = int((1 + dups[cat == INCOMPLETE]).sum())
+    out[5] = np.count_nonzero(example & contaminated)
+    out[6] = int(dups[example].sum())
+    return out
+
+
+def figures(vector: np.ndarray) -> dict[str, int]:
+    """The named figures of a (summed) `count_batch` vector."""
+    return {name: int(vector[i]) for i, name in enumerate(_FIGURES)}
+
+
+def histogram(vector: np.ndarray, cat: int) -> np.ndarray:
+    """One category's rank histogram from a (summed) `count_batch` vector."""
+    return vector[len(_FIGURES) + cat * BUCKETS: len(_FIGURES) + (cat + 1) * BUCKETS]
+
+
+def locate(hist: np.ndarray, k: int) -> tuple[int, int]:
+    """The histogram bucket holding the k-th smallest rank (k >= 1) and its position there (1-based)."""
+    cum = np.cumsum(hist)
+    bucket = int(np.searchsorted(cum, k))
+    return bucket, k - (int(cum[bucket - 1]) if bucket else 0)
+
+
+def select_bucket(batch: pa.Table, wanted: dict[int, int]) -> pa.Table:
+    """(cat, rank, id) of a batch's clean examples whose category's rank falls in the wanted
+    histogram bucket ({cat: bucket}): the few rows among which a cap's threshold lies."""
+    cat = batch.column("cat").to_numpy()
+    bucket = (batch.column("rank").to_numpy() >> np.uint64(64 - BUCKET_BITS)).astype(np.int64)
+    clean = ~batch.column("contaminated").to_numpy(zero_copy_only=False)
+    mask = np.zeros(batch.num_rows, dtype=bool)
+    for c, b in wanted.items():
+        mask |= clean & (cat == c) & (bucket == b)
+    return batch.filter(pa.array(mask)).select(["cat", "rank", "id"])
+
+
+Limit = tuple[int, str] | bool
+"""What a cap keeps of a category: True all, False none, (rank, id) those at or below it."""
+
+
+def _within(batch: pa.Table, limit: Limit) -> np.ndarray:
+    if limit is True or limit is False:
+        return np.full(batch.num_rows, limit)
+    rank, ids = batch.column("rank").to_numpy(), np.array(batch.column("id").to_pylist(), dtype=object)
+    return (rank < np.uint64(limit[0])) | ((rank == np.uint64(limit[0])) & (ids <= limit[1]))
+
+
+def finalize_batch(batch: pa.Table, limits: dict[int, Limit], seed: int, eval_fraction: float) -> pa.Table:
+    """The examples a batch keeps (clean, within their category's limit), each as `order` (a
+    seeded hash of its id: the files' order), `held_out` (by its problem) and its JSON line."""
+    cat = batch.column("cat").to_numpy()
+    keep = ~batch.column("contaminated").to_numpy(zero_copy_only=False) & (cat <= CORRECTION)
+    for c in EXAMPLE_CATS:
+        mask = cat == c
+        if mask.any():
+            keep &= ~mask | _within(batch, limits.get(c, True))
+    kept = batch.filter(pa.array(keep))
+    order, held, lines = [], [], []
+    for row in kept.select(["id", "cat", "messages", "source_ids"]).to_pylist():
+        problem = row["source_ids"][0] if row["source_ids"] else row["id"]
+        is_held = held_out(problem, seed, eval_fraction)
+        ex = Example(id=row["id"], kind="correction" if row["cat"] == CORRECTION else "cot",
+                     messages=row["messages"], source_ids=row["source_ids"],
+                     split="eval" if is_held else "train")
+        order.append(seeded_hash(seed, "order", ex.id))
+        held.append(is_held)
+        lines.append(json.dumps(ex.to_dict(), ensure_ascii=False) + "\n")
+    return pa.table({"order": pa.array(order, pa.uint64()), "held_out": pa.array(held, pa.bool_()),
+                     "line": pa.array(lines, pa.large_string())})
 
 
 # ---------------------------------------------------------------- files
