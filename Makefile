@@ -27,7 +27,7 @@ install: $(STAMP)
 # The `cluster` tests start a Ray head of their own: a pytest run of their own, after the rest.
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow and not cluster" tests
-	$(BIN)/python -m pytest -q -m cluster tests
+	$(BIN)/python -m pytest -q -m "cluster and not slow" tests
 
 slow_test: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not cluster" tests

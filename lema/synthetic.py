@@ -159,7 +159,7 @@ def iter_problems(count: int, levels: list[int], seed: int = 0, split: str = "tr
         raise ValueError(f"levels must be a non-empty list of integers >= 1, got {levels!r}")
     for i in range(count):
         rng = random.Random(f"{seed}/{split}/{i}")
-        pid = f"synthetic-{split}-{stable_id(seed, split, i, length=8)}"
+        pid = f"synthetic-{split}-{stable_id(seed, split, i, length=16)}"  # 64 bits: no collisions at 1M
         yield make_problem(rng, levels[i % len(levels)], pid, split)
 
 

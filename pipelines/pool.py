@@ -106,10 +106,16 @@ def part_chunks(source: StageDir, stage: StageDir, key: str, size: int, prefix: 
         if chunk.startswith(prefix):
             done[chunk[len(prefix):].rsplit("-", 2)[0]].append(chunk)
     rows = [{"part": p, "done": json.dumps(done.get(p, []))} for p in sorted(source.done_parts())]
-    return ray.data.from_items(rows, override_num_blocks=max(1, len(rows))).flat_map(
+    parts = ray.data.from_items(rows, override_num_blocks=max(1, len(rows)))
+    # A block per chunk, so chunks spread over the actors: the smallest block size makes each row
+    # its own block (a repartition would be a task of its own that needs a CPU).
+    parts.context.target_max_block_size = 1
+    # No CPU held: a pool whose actors hold every CPU (a head without CPUs, GPU nodes whose CPUs the
+    # actors take) would otherwise never get its chunks cut, and the stage would wait forever.
+    return parts.flat_map(
         _chunk_part, fn_kwargs={"source": source.dir.uri, "stage": stage.dir.uri, "key": key, "size": size,
-                                "prefix": prefix, "select": select},
-    ).repartition(target_num_rows_per_block=1)  # a block per chunk (streamed): chunks spread over the actors
+                                "prefix": prefix, "select": select}, num_cpus=0,
+    )
 
 
 def _chunk_part(row: dict[str, Any], source: str, stage: str, key: str, size: int, prefix: str,
@@ -245,8 +251,8 @@ def _map(ds: Any, actor_cls: type, ctor_kwargs: dict[str, Any], pool: PoolConfig
         ),
         num_cpus=pool.num_cpus,
         num_gpus=pool.num_gpus or None,
-        max_restarts=pool.max_restarts,  # a dead actor is replaced, its chunk retried
-        max_task_retries=pool.max_restarts,
+        max_restarts=pool.max_restarts,  # a dead actor is replaced,
+        max_task_retries=-1,  # and its chunks retried on the new one however often actors die
     )
 
 

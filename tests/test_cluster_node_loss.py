@@ -4,8 +4,8 @@ item exactly once and completes.
 100K synthetic problems (ten input parts of 10K) go through the sample stage with the null
 engine (`backend: scripted`) on a fake autoscaling cluster: a head without CPUs (as
 cluster.yaml's) and three worker nodes of 2 CPUs each, kept at three by `min_workers`. The pool
-is three actors of 1 CPU; the other CPU of each node runs Ray Data's tasks (`part_chunks` cuts
-the input parts into chunks in tasks; with 1-CPU nodes the three actors would hold every CPU).
+is three actors of 1 CPU (`part_chunks` cuts the input parts into chunks in tasks that hold no
+CPU).
 Once a fifth of the chunks' parts are written, a thread SIGKILLs every process of the worker
 node holding the most pool actors (raylet, object store, agents, Ray workers), as a machine
 that goes away. Ray Data restarts the lost actor on a surviving node and retries its chunks,
@@ -14,8 +14,7 @@ does not replace the node (Ray's v1 autoscaler keeps listing the fake provider's
 pending, "uninitialized", so min_workers stays met): the stage ends on two nodes.
 
 Checked: the manifest is complete, every problem is in the parts as often as in the input
-(exactly once; synthetic ids have 8 hex digits and at 100K one pair of problems shares an id,
-so that id is there twice), and so are the side files' items. Marked `cluster` (a pytest run
+(exactly once), and so are the side files' items. Marked `cluster` (a pytest run
 of its own: it starts a Ray head beside the suite's) and `slow`.
 """
 
@@ -139,8 +138,7 @@ class NodeKiller(threading.Thread):
 
 def write_problems(ctx: RunContext) -> Counter[str]:
     """PROBLEMS synthetic problems as input parts of PER_PART, and the problems stage's manifest;
-    returns how often each problem id occurs (synthetic ids are 8 hex digits: at 100K, one pair
-    of problems shares an id)."""
+    returns how often each problem id occurs."""
     problems, ids = ctx.dir("problems"), Counter()
     rows: list[dict[str, Any]] = []
     for p in iter_problems(PROBLEMS, [2, 3, 4], seed=0):
@@ -173,14 +171,12 @@ def timeline_rows(samples: list[dict[str, float]], every_s: float = 10.0, marks:
 def test_sample_stage_survives_a_worker_node_killed_mid_stage(fake_cluster, tmp_path, capsys):
     import ray
 
-    # max_restarts 20: pipelines/pool.py passes it as max_task_retries too, and Ray spends a retry
-    # of each chunk sent to the lost actor every ~2 s until the GCS marks the node dead (~15 s
-    # here); at the default 3 the stage fails with ActorUnavailableError
+    # the default max_restarts (3): chunks sent to the lost actor are retried without a limit
+    # (pipelines/pool.py), as Ray spends a retry every ~2 s until the GCS marks the node dead
     cfg = load_config(None, [
         "sample.generators=[{engine: {backend: scripted, name: scripted},"
         " sampling: {n: 1, temperature: 1.0, max_tokens: 64, seed: 0}}]",
-        f"sample.pool={{min_actors: {NODES}, max_actors: {NODES}, num_cpus: 1, batch_size: {BATCH},"
-        " max_restarts: 20}",
+        f"sample.pool={{min_actors: {NODES}, max_actors: {NODES}, num_cpus: 1, batch_size: {BATCH}}}",
     ])
     ctx = RunContext(cfg, tmp_path)  # the problems stage written here, in parts
     t = time.time()
