@@ -83,6 +83,7 @@ class Correction(Record):
     solution: str = ""  # the inaccurate solution that was corrected
     answer: str = ""  # gold answer
     dataset: str = ""
+    origin: str | None = None  # "evolved": a correction of a path on an evolved question
 
 
 @dataclass
@@ -92,6 +93,7 @@ class Example(Record):
     messages: list[dict[str, str]]  # chat messages; the last one is the assistant target
     source_ids: list[str] = field(default_factory=list)
     split: str = "train"  # train | eval
+    origin: str | None = None  # "evolved": built from a correction on an evolved question
 
 
 @dataclass

@@ -155,6 +155,7 @@ CANDIDATE_SCHEMA = pa.schema([
     ("rank", pa.uint64()),  # seeded hash of the id: caps keep the smallest
     ("messages", pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))),
     ("source_ids", pa.list_(pa.string())),
+    ("origin", pa.string()),  # "evolved" for corrections on evolved questions, else null
 ])
 DEDUPED_SCHEMA = pa.schema([f for f in CANDIDATE_SCHEMA if f.name not in ("bucket", "lineage")]
                            + [pa.field("dups", pa.int32())])
@@ -207,19 +208,20 @@ class Candidates:
             ex = correction_example(c, self.cfg.correction_prompt)
         except ValueError:
             return self._counted(INCOMPLETE, c.path_id)
-        return self._candidate(CORRECTION, c.question, ex)
+        return self._candidate(CORRECTION, c.question, ex, c.origin)
 
-    def _candidate(self, cat: int, question: str, ex: Example) -> dict[str, Any]:
+    def _candidate(self, cat: int, question: str, ex: Example, origin: str | None = None) -> dict[str, Any]:
         key = _digest(_dedup_key(ex), 16)
         return {"bucket": int.from_bytes(key[:4], "big") % self.buckets, "key": key, "id": ex.id,
                 "cat": cat, "lineage": "\x1f".join(ex.source_ids), "contaminated": self.contamination(question),
                 "rank": seeded_hash(self.cfg.seed, "rank", ex.id),
-                "messages": ex.messages, "source_ids": ex.source_ids}
+                "messages": ex.messages, "source_ids": ex.source_ids, "origin": origin}
 
     def _counted(self, cat: int, record_id: str) -> dict[str, Any]:
         key = _digest(f"{cat}\x1f{record_id}", 16)  # never an example's key (no \x1e, no role)
         return {"bucket": int.from_bytes(key[:4], "big") % self.buckets, "key": key, "id": record_id,
-                "cat": cat, "lineage": record_id, "contaminated": False, "rank": 0, "messages": [], "source_ids": []}
+                "cat": cat, "lineage": record_id, "contaminated": False, "rank": 0, "messages": [], "source_ids": [],
+                "origin": None}
 
 
 def dedup_bucket(batch: pa.Table) -> pa.Table:
@@ -321,12 +323,12 @@ def finalize_batch(batch: pa.Table, limits: dict[int, Limit], seed: int, eval_fr
             keep &= ~mask | _within(batch, limits.get(c, True))
     kept = batch.filter(pa.array(keep))
     order, held, lines = [], [], []
-    for row in kept.select(["id", "cat", "messages", "source_ids"]).to_pylist():
+    for row in kept.select(["id", "cat", "messages", "source_ids", "origin"]).to_pylist():
         problem = row["source_ids"][0] if row["source_ids"] else row["id"]
         is_held = held_out(problem, seed, eval_fraction)
         ex = Example(id=row["id"], kind="correction" if row["cat"] == CORRECTION else "cot",
                      messages=row["messages"], source_ids=row["source_ids"],
-                     split="eval" if is_held else "train")
+                     split="eval" if is_held else "train", origin=row["origin"])
         order.append(seeded_hash(seed, "order", ex.id))
         held.append(is_held)
         lines.append(json.dumps(ex.to_dict(), ensure_ascii=False) + "\n")

@@ -22,8 +22,8 @@ from pipelines.stage_io import RunContext, StageDir
 class CorrectStage(ChunkWorker):
     """One actor: builds the corrector engine once, corrects a chunk of paths per call."""
 
-    def __init__(self, correct: dict[str, Any], cpus: float, budget: Any = None):
-        self.cfg = CorrectConfig.model_validate(correct)
+    def __init__(self, correct: dict[str, Any], cpus: float, budget: Any = None, origin: str | None = None):
+        self.cfg, self.origin = CorrectConfig.model_validate(correct), origin
         self.engine = None
         self.label = "reference"
         if self.cfg.corrector == "llm":
@@ -34,6 +34,8 @@ class CorrectStage(ChunkWorker):
 
     def process(self, items: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         corrections = correct_paths(items, self.cfg, self.engine, "robust")
+        for c in corrections:
+            c.origin = self.origin
         records = [c.to_dict() for c in corrections]
         errors = [c.reason if c.status == "failed" else None for c in corrections]
         # tokens, cost: on each Correction
@@ -54,10 +56,12 @@ def last_selected(sample: StageDir, max_paths: int | None) -> str | None:
     return ids.max("path_id")
 
 
-def run_correct(ctx: RunContext, stage: StageDir, stage_hash: str) -> dict[str, Any]:
-    """Correct every selected inaccurate path; write Correction parts and the manifest."""
+def run_correct(ctx: RunContext, stage: StageDir, stage_hash: str, source: str = "sample",
+                origin: str | None = None) -> dict[str, Any]:
+    """Correct every selected inaccurate path of stage `source`; write Correction parts (marked
+    with `origin`, e.g. "evolved") and the manifest."""
     cfg, timer = ctx.cfg, Timer()
-    sample, pool = ctx.dir("sample"), cfg.correct.pool
+    sample, pool = ctx.dir(source), cfg.correct.pool
     inaccurate = sample.manifest()["inaccurate"]
     total = min(inaccurate, cfg.correct.max_paths) if cfg.correct.max_paths is not None else inaccurate
     last_id = last_selected(sample, cfg.correct.max_paths) if total < inaccurate else None
@@ -65,7 +69,8 @@ def run_correct(ctx: RunContext, stage: StageDir, stage_hash: str) -> dict[str, 
                                                                                              last_id=last_id))
     engine = cfg.correct.engine if cfg.correct.corrector == "llm" else None
     with stage_budget(engine) as budget:
-        ctor = {"correct": cfg.correct.model_dump(mode="json"), "cpus": pool.num_cpus, "budget": budget}
+        ctor = {"correct": cfg.correct.model_dump(mode="json"), "cpus": pool.num_cpus, "budget": budget,
+                "origin": origin}
         for _ in run_chunks(stage, chunks, total, CorrectStage, ctor, pool, desc=f"correct ({cfg.correct.corrector})"):
             pass
     counts: dict[str, Any] = {}

@@ -56,13 +56,14 @@ MAX_PARTITIONS = 200  # Ray Data's default hash-shuffle parallelism
 PARTITION_BYTES = 16 << 20  # of input Parquet per dedup partition (about 100 MB of candidate rows)
 BUCKETS_PER_PARTITION = 16  # dedup groups (map_groups calls) per partition: a few MB each
 WRITE_ROWS = 4096  # lines per write
+_KIND = {"evolve_correct": "correct"}  # the candidate kind of a stage's records, when not its name
 
 
 def run_data(ctx: RunContext, stage: StageDir, stage_hash: str) -> dict[str, Any]:
     """Build the training set, decontaminated against every evaluation set; write it."""
     timer = Timer()
     eval_questions = [p.question for ps in eval_problems(ctx).values() for p in ps]
-    inputs = {name: ctx.dir(name) for name in ("problems", "sample", "correct")}
+    inputs = {name: ctx.dir(name) for name in ("problems", "sample", "correct", "evolve_correct")}
     stats = build_data(inputs, eval_questions, ctx.cfg.data, stage.file("train.jsonl"), stage.file("held_out.jsonl"),
                        cot_prompt=ctx.cfg.sample.prompt)  # the prompt it is evaluated with
     return stage.write_manifest(stage_hash, **stats, train_file="train.jsonl",
@@ -83,8 +84,9 @@ def build_data(
 
     Args:
         inputs: the stage directories of "problems" (gold solutions, for cot_source gold/both),
-            "sample" (correct paths, for cot_source sampled/both) and "correct" (verified
-            corrections); missing ones give nothing.
+            "sample" (correct paths, for cot_source sampled/both), "correct" and "evolve_correct"
+            (verified corrections; the evolved questions' ones carry `origin: evolved` into their
+            examples, and evolved questions make no CoT examples); missing ones give nothing.
         eval_questions: questions of every eval set, for n-gram decontamination.
         cfg: the data config (sources, ratio, cap, n-gram size, held-out fraction, seed).
         cot_prompt: the CoT prompt of CoT examples (the one the model is evaluated with).
@@ -100,11 +102,11 @@ def build_data(
     if cfg.cot_source in ("sampled", "both"):
         sources.append("sample")
     if cfg.include_corrections:
-        sources.append("correct")
+        sources += ["correct", "evolve_correct"]
     sources = [s for s in sources if s in inputs and inputs[s].done_parts()]
     partitions = max(1, min(MAX_PARTITIONS, -(-sum(_part_bytes(inputs[s]) for s in sources) // PARTITION_BYTES)))
     buckets = partitions * BUCKETS_PER_PARTITION
-    candidates = [inputs[s].dataset().map_batches(Candidates(s, cfg, contamination, cot_prompt, buckets),
+    candidates = [inputs[s].dataset().map_batches(Candidates(_KIND.get(s, s), cfg, contamination, cot_prompt, buckets),
                                                   batch_format="pyarrow", batch_size=None)  # fused with the read
                   for s in sources]
     if not candidates:

@@ -3,7 +3,8 @@
     python -m pipelines.lema configs/demo.yaml [key.sub=value ...] [--from STAGE] [--until STAGE]
     ray job submit --working-dir . -- python -m pipelines.lema configs/demo.yaml
 
-problems -> sample -> correct -> data -> train -> evaluate -> report. Each stage writes its
+problems -> sample -> correct -> [evolve -> evolve_sample -> evolve_correct] -> data -> train ->
+evaluate -> report (the evolve stages do their work when `evolve.enabled`). Each stage writes its
 records and a manifest under <output_dir>/<run>/<stage>/. A stage's hash covers the config
 parts that decide its results and its inputs' hashes: a stage complete under the same hash is
 skipped, one that began under the same hash resumes from its finished parts, one that began
@@ -29,6 +30,7 @@ from lema.storage import Storage
 from pipelines.correct import run_correct
 from pipelines.data import run_data
 from pipelines.evaluate import run_evaluate
+from pipelines.evolve import evolve_generators, run_evolve, run_evolve_correct, run_evolve_sample
 from pipelines.pool import StageFailed
 from pipelines.ray_setup import init_ray
 from pipelines.report import write_report
@@ -75,7 +77,14 @@ STAGES: tuple[Stage, ...] = (
         run_sample),
     Stage("correct", ("problems", "sample"),
           lambda c: {"correct": c.cfg.correct, "adapters": fingerprints(c.cfg.correct.engine.adapter)}, run_correct),
-    Stage("data", ("problems", "sample", "correct"),
+    Stage("evolve", ("problems", "sample", "correct"), lambda c: c.cfg.evolve.enabled and {
+        "evolve": c.cfg.evolve, "eval": c.cfg.evaluate.datasets}, run_evolve),
+    Stage("evolve_sample", ("evolve",), lambda c: c.cfg.evolve.enabled and {
+        "sample": c.cfg.sample, "generators": evolve_generators(c.cfg),
+        "adapters": fingerprints(*(g.engine.adapter for g in evolve_generators(c.cfg)))}, run_evolve_sample),
+    Stage("evolve_correct", ("evolve_sample",), lambda c: c.cfg.evolve.enabled and {
+        "correct": c.cfg.correct, "adapters": fingerprints(c.cfg.correct.engine.adapter)}, run_evolve_correct),
+    Stage("data", ("problems", "sample", "correct", "evolve_correct"),
           lambda c: {"data": c.cfg.data, "eval": c.cfg.evaluate.datasets, "prompt": c.cfg.sample.prompt}, run_data),
     Stage("train", ("data",), lambda c: {
         "train": c.cfg.train, "base": c.cfg.base_model, "init": fingerprints(c.cfg.train.init_adapter)}, run_train),

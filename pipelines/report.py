@@ -115,6 +115,31 @@ def write_report(run_dir: Storage, stages: list[str]) -> str:
         _bar(axes[1], list(bars), list(bars.values()), "First incorrect step")
         plots.append(("Corrections", save_png(fig, root.join("corrections.png"))))
 
+    # -- evolution: the seeds' difficulty beside the training questions', what it added
+    evo = m.get("evolve", {})
+    if evo.get("enabled"):
+        fixes = m.get("evolve_correct", {})
+        dropped = ", ".join(f"{k} {v}" for k, v in evo.get("dropped", {}).items()) or "none"
+        lines += ["## Question evolution", "",
+                  f"{evo.get('seeds', 0)} seeds ({evo.get('strategy')}; {evo.get('distinct_seeds', 0)} distinct "
+                  f"questions, from {evo.get('corrections', 0)} verified corrections) -> {evo.get('kept', 0)} new "
+                  f"questions kept by the {evo.get('evolver')} evolver (dropped: {dropped}) -> "
+                  f"{m.get('evolve_sample', {}).get('inaccurate', 0)} inaccurate paths -> "
+                  f"{fixes.get('verified', 0)} verified corrections (`origin: evolved`, correction data only).", ""]
+        fig, ax = plt.subplots(figsize=(6, 3.2))
+        width, bins = 0.4, len(evo.get("train_difficulty", []))
+        for offset, key, label in ((-width / 2, "train_difficulty", "training questions"),
+                                   (width / 2, "seed_difficulty", "seeds (per draw)")):
+            counts = evo.get(key, [])
+            total = max(1, sum(counts))
+            ax.bar([i + offset for i in range(len(counts))], [c / total for c in counts], width, label=label)
+        ax.set_xticks(range(bins), [f"{i / bins:.1f}" for i in range(bins)], fontsize=8)
+        ax.set_xlabel("fraction of sampled paths correct (bin start)")
+        ax.set_ylabel("share")
+        ax.set_title("Difficulty of the evolution seeds")
+        ax.legend()
+        plots.append(("Evolution seeds", save_png(fig, root.join("evolution_seeds.png"))))
+
     # -- training loss curve
     hist = m.get("train", {}).get("history", [])
     if hist:
@@ -155,7 +180,9 @@ def write_report(run_dir: Storage, stages: list[str]) -> str:
     lines += ["## Stages", "", "| stage | key figures | tokens | wall s | items/s | cost $ |",
               "|---|---|---|---|---|---|"]
     keys = {"problems": ["problems", "rejected"], "sample": ["paths", "correct", "inaccurate", "failed"],
-            "correct": ["attempted", "parsed", "verified"], "data": ["cot", "correction", "train", "held_out"],
+            "correct": ["attempted", "parsed", "verified"], "evolve": ["seeds", "distinct", "kept"],
+            "evolve_sample": ["paths", "inaccurate"], "evolve_correct": ["attempted", "verified"],
+            "data": ["cot", "correction", "train", "held_out"],
             "train": ["steps", "final_train_loss", "final_eval_loss"], "evaluate": []}
     for s in stages:
         if s not in m:

@@ -51,13 +51,16 @@ def sample_chunks(cfg: LemaConfig, stage: StageDir, chunks: Any, total: int, gen
             pass
 
 
-def run_sample(ctx: RunContext, stage: StageDir, stage_hash: str) -> dict[str, Any]:
-    """Sample every generator over the problems; write Path parts and the manifest."""
+def run_sample(ctx: RunContext, stage: StageDir, stage_hash: str, source: str = "problems",
+               generators: list[GeneratorConfig] | None = None) -> dict[str, Any]:
+    """Sample every generator (default: `sample.generators`) over the problems of stage `source`;
+    write Path parts and the manifest."""
     cfg, timer = ctx.cfg, Timer()
-    problems = ctx.dir("problems")
+    generators = cfg.sample.generators if generators is None else generators
+    problems = ctx.dir(source)
     total = problems.manifest()["problems"]
     pool = cfg.sample.pool
-    for gi, gen in enumerate(cfg.sample.generators):
+    for gi, gen in enumerate(generators):
         prefix = f"g{gi}-"
         sample_chunks(cfg, stage, part_chunks(problems, stage, "id", pool.batch_size, prefix), total, gen, pool,
                       prefix=prefix, desc=f"sample {gen.engine.label}")
@@ -73,11 +76,11 @@ def run_sample(ctx: RunContext, stage: StageDir, stage_hash: str) -> dict[str, A
     return stage.write_manifest(
         stage_hash,
         problems=total,
-        generators=[g.engine.label for g in cfg.sample.generators],
+        generators=[g.engine.label for g in generators],
         **figures,
         rejected=len(rejects),
         reject_reasons=reasons,
         wall_s=timer.seconds,
         tokens_per_s=round(figures["tokens"] / max(timer.seconds, 1e-9), 2),
-        items_per_s=round(total * len(cfg.sample.generators) / max(timer.seconds, 1e-9), 2),
+        items_per_s=round(total * len(generators) / max(timer.seconds, 1e-9), 2),
     )
