@@ -322,16 +322,18 @@ class DataConfig(StrictModel):
     include_corrections: bool = True
     """False builds the CoT-only baseline."""
     max_cot: int | None = Field(None, ge=1)
-    """Keep at most N CoT examples, gold solutions first, then sampled correct paths at random
-    (with cot_source both and no corrections: CoT enlarged to a given size, the paper's
-    same-size control)."""
+    """Keep at most N CoT examples, gold solutions first, then sampled correct paths: within each,
+    the N with the smallest seeded hash of their id (a random choice that is the same on every
+    run, whatever the order the records arrive in). With cot_source both and no corrections: CoT
+    enlarged to a given size, the paper's same-size control."""
     correction_prompt: str = "zero_shot"
     """The corrector prompt whose instructions and layout correction examples take, without its
     few-shot examples: zero_shot (ours), paper (the LeMa paper's), or a prompt file."""
     decontaminate_ngram: int = Field(13, ge=3)
     """Drop training examples sharing an n-gram of this many words with an eval question."""
     eval_fraction: float = Field(0.05, ge=0.0, lt=1.0)
-    """Held out for eval loss."""
+    """Held out for eval loss, by problem (a seeded hash of the problem id): every example of a
+    held-out problem is held out, so about this fraction of the problems, and of the examples."""
     seed: int = 0
 
 
