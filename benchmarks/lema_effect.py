@@ -14,10 +14,16 @@ stages of the first arm) and the same held-out test problems:
 - arms, each continuing from the start adapter: (a) cot = gold CoT; (b) lema = gold CoT +
   verified corrections; (c) cot_same_size = gold CoT + correct sampled paths, as many examples
   as (b) has (the paper's control for data size).
+- the paper's evolution arms (LeMa §2.2), in the equal-epochs protocol: (d) lema_evolve_cc =
+  (b) + the verified corrections of questions evolved from seeds drawn by corrections
+  (correction-centric); (e) lema_evolve_general = the same with seeds drawn uniformly from all
+  training questions (the paper's control); equal seed counts (`--evolve-seeds`, default (b)'s
+  corrections). The reference evolver on synthetic problems; with `--config`, the config's own.
 - two protocols: equal epochs (the paper's: every arm trains `--epochs` over its own data, so
   (b) and (c) take more steps) and equal steps (every arm takes (a)'s step count).
 Reported: pass@1 per arm with 95% Wilson intervals; the paired differences (b)-(a) and (b)-(c)
-with 95% intervals and an exact McNemar p-value; corrections used; wall time per stage. A table
+with 95% intervals and an exact McNemar p-value, and each evolution arm against (b) and against
+each other; corrections used (and added by each evolution); wall time per stage. A table
 and a bar plot go into <output_dir>/<prefix>-report/report.md. The last line printed is one JSON
 object (its headline figures are the equal-epochs protocol; `equal_steps` holds the other).
 """
@@ -42,6 +48,7 @@ from pipelines.report import save_png  # noqa: E402
 from pipelines.stage_io import StageDir  # noqa: E402
 
 ARMS = ("cot", "lema", "cot_same_size")
+EVOLVE_ARMS = {"lema_evolve_cc": "correction_centric", "lema_evolve_general": "general"}
 
 
 # ---------------------------------------------------------------- settings
@@ -89,8 +96,10 @@ def run_arm(cfg: LemaConfig) -> dict[str, Any]:
             "wall_s": {s: m.get("wall_s") for s, m in manifests.items()}, "total_s": time.perf_counter() - t0}
 
 
-def experiment(base: dict[str, Any], prefix: str, start_steps: int, epochs: float) -> dict[str, Any]:
-    """All arms, both protocols; returns every run's results by name."""
+def experiment(base: dict[str, Any], prefix: str, start_steps: int, epochs: float,
+               evolve: dict[str, Any] | None = None, evolve_seeds: int | None = None) -> dict[str, Any]:
+    """All arms, both protocols; returns every run's results by name. `evolve`: the evolution
+    arms' evolve settings beside strategy and seeds (None: no evolution arms)."""
     runs: dict[str, dict[str, Any]] = {}
     generators = base["sample"]["generators"]
     arm_train: dict[str, Any] = {"epochs": epochs, "max_steps": None}
@@ -105,9 +114,11 @@ def experiment(base: dict[str, Any], prefix: str, start_steps: int, epochs: floa
     sample = {"generators": generators}
     first = f"{prefix}-lema"
 
-    def arm(name: str, data: dict[str, Any], train: dict[str, Any], with_base: bool = False) -> None:
+    def arm(name: str, data: dict[str, Any], train: dict[str, Any], with_base: bool = False,
+            evolution: dict[str, Any] | None = None) -> None:
         cfg = derive(base, f"{prefix}-{name}", sample=sample, data=data, train={**arm_train, **train},
-                     evaluate={"base": with_base}, reuse=[first] if name != "lema" else [])
+                     evaluate={"base": with_base}, reuse=[first] if name != "lema" else [],
+                     evolve=evolution or {"enabled": False})
         runs[name] = run_arm(cfg)
 
     arm("lema", {"include_corrections": True}, {}, with_base=not start_steps)
@@ -119,6 +130,11 @@ def experiment(base: dict[str, Any], prefix: str, start_steps: int, epochs: floa
     steps = runs["cot"]["manifests"]["train"]["steps"]  # equal steps: (a)'s count for every arm
     arm("lema-equal-steps", {"include_corrections": True}, {"max_steps": steps})
     arm("cot_same_size-equal-steps", same_size, {"max_steps": steps})
+    if evolve is not None:
+        seeds = evolve_seeds or max(1, lema_data["correction"])
+        for name, strategy in EVOLVE_ARMS.items():
+            arm(name, {"include_corrections": True}, {},
+                evolution={**evolve, "enabled": True, "strategy": strategy, "seeds": seeds})
     return runs
 
 
@@ -141,6 +157,22 @@ def summarize(runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
 
     epochs = protocol("lema", "cot_same_size")
     steps = protocol("lema-equal-steps", "cot_same_size-equal-steps")
+    lema_verdicts = runs["lema"]["verdicts"]["adapter"]
+    for name in (n for n in EVOLVE_ARMS if n in runs):
+        verdicts, m = runs[name]["verdicts"]["adapter"], runs[name]["manifests"]
+        epochs["arms"][name] = score(verdicts)
+        epochs[f"{name}_minus_lema"] = paired(lema_verdicts, verdicts)
+        epochs["steps"][name] = m["train"]["steps"]
+        epochs["examples"][name] = m["data"]["train"]
+        epochs.setdefault("evolution", {})[name] = {
+            **{k: m["evolve"].get(k) for k in ("seeds", "distinct_seeds", "kept", "dropped",
+                                               "seed_difficulty", "train_difficulty")},
+            "evolved_inaccurate": m["evolve_sample"].get("inaccurate", 0),
+            "corrections_added": m["evolve_correct"].get("verified", 0),
+            "correction_examples": m["data"]["correction"]}
+    if all(n in runs for n in EVOLVE_ARMS):
+        epochs["lema_evolve_cc_minus_general"] = paired(runs["lema_evolve_general"]["verdicts"]["adapter"],
+                                                        runs["lema_evolve_cc"]["verdicts"]["adapter"])
     corr = runs["lema"]["manifests"]["correct"]
     out = {
         "protocol": "equal_epochs",
@@ -158,6 +190,12 @@ def summarize(runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
         "n_test": n,
         "n_corrections": runs["lema"]["manifests"]["data"]["correction"],
         "inaccurate_paths": corr.get("attempted", 0),
+        **{f"pass1_{name}": epochs["arms"][name]["pass1"] for name in EVOLVE_ARMS if name in epochs["arms"]},
+        **{f"{name}_minus_lema": epochs[f"{name}_minus_lema"]["diff"] for name in EVOLVE_ARMS
+           if f"{name}_minus_lema" in epochs},
+        **{f"{name}_minus_lema_ci95": epochs[f"{name}_minus_lema"]["ci95"] for name in EVOLVE_ARMS
+           if f"{name}_minus_lema" in epochs},
+        **{f"corrections_added_{name}": e["corrections_added"] for name, e in epochs.get("evolution", {}).items()},
         "equal_epochs": epochs,
         "equal_steps": steps,
         "wall_s": {name: {**{k: v for k, v in r["wall_s"].items() if v is not None}, "total": round(r["total_s"], 1)}
@@ -181,16 +219,26 @@ def write_report(result: dict[str, Any], where: Storage) -> str:
     for ax, (key, title) in zip(axes, protocols):
         p = result[key]
         lines += [f"## {title}", "", "| arm | examples | steps | pass@1 | 95% interval |", "|---|---|---|---|---|"]
-        names = ["base", *ARMS]
+        names = ["base", *ARMS, *(a for a in EVOLVE_ARMS if a in p["arms"])]
         for arm in names:
             s = p["arms"][arm]
             lines.append(f"| {arm} | {p['examples'].get(arm, '')} | {p['steps'].get(arm, '')} | {s['pass1']:.3f} | "
                          f"{s['ci95'][0]:.3f} to {s['ci95'][1]:.3f} |")
-        for label, d in (("lema - cot", p["lema_minus_cot"]), ("lema - cot_same_size", p["lema_minus_cot_same_size"])):
+        diffs = [("lema - cot", p["lema_minus_cot"]), ("lema - cot_same_size", p["lema_minus_cot_same_size"])]
+        diffs += [(f"{a} - lema", p[f"{a}_minus_lema"]) for a in EVOLVE_ARMS if f"{a}_minus_lema" in p]
+        if "lema_evolve_cc_minus_general" in p:
+            diffs.append(("lema_evolve_cc - lema_evolve_general", p["lema_evolve_cc_minus_general"]))
+        for label, d in diffs:
             lines.append("")
             lines.append(f"{label}: {d['diff']:+.3f} (95% interval {d['ci95'][0]:+.3f} to {d['ci95'][1]:+.3f}; "
-                         f"McNemar p = {d['mcnemar_p']:.3g}; {d['only_b']} problems only lema solves, "
+                         f"McNemar p = {d['mcnemar_p']:.3g}; {d['only_b']} problems only the first solves, "
                          f"{d['only_a']} only the other)")
+        for name, e in p.get("evolution", {}).items():
+            lines += ["", f"{name}: {e['seeds']} seeds ({e['distinct_seeds']} distinct questions; accuracy of the "
+                          f"seeds per draw in tenths {e['seed_difficulty']}, of all training questions "
+                          f"{e['train_difficulty']}) -> {e['kept']} new questions (dropped {e['dropped'] or 'none'}) "
+                          f"-> {e['evolved_inaccurate']} inaccurate paths -> {e['corrections_added']} corrections "
+                          f"added ({e['correction_examples']} correction examples in all)"]
         if p["examples"]["cot_same_size"] < p["examples"]["lema"]:
             lines += ["", f"cot_same_size has {p['examples']['cot_same_size']} examples, not lema's "
                           f"{p['examples']['lema']}: the start model's distinct correct paths ran short."]
@@ -198,7 +246,8 @@ def write_report(result: dict[str, Any], where: Storage) -> str:
         values = [p["arms"][a]["pass1"] for a in names]
         errors = [[v - p["arms"][a]["ci95"][0] for a, v in zip(names, values)],
                   [p["arms"][a]["ci95"][1] - v for a, v in zip(names, values)]]
-        ax.bar(names, values, yerr=errors, capsize=4, color=["#999999", "#4c72b0", "#dd8452", "#55a868"])
+        ax.bar(names, values, yerr=errors, capsize=4,
+               color=["#999999", "#4c72b0", "#dd8452", "#55a868", "#8172b3", "#937860"][:len(names)])
         ax.set_title(title)
         ax.set_ylim(0, 1)
         ax.tick_params(axis="x", labelrotation=15)
@@ -219,13 +268,18 @@ def main() -> None:
                         help="steps of the shared CoT start (0: none; default 4 quick, 60 CPU, 0 with --config)")
     parser.add_argument("--epochs", type=float, default=1.0, help="epochs of each arm (equal-epochs protocol)")
     parser.add_argument("--prefix", default="lema-effect", help="run names: <prefix>-<arm>")
+    parser.add_argument("--evolve-seeds", type=int, default=None,
+                        help="seeds of each evolution arm (default: the lema arm's verified corrections)")
+    parser.add_argument("--no-evolve", action="store_true", help="leave out the evolution arms")
     args = parser.parse_args()
     overrides = (QUICK if args.quick else []) + args.overrides
     base = load_config(args.config or CPU_CONFIG, overrides).model_dump(mode="json")
     default_start = 0 if args.config else 4 if args.quick else 60
     start_steps = default_start if args.start_steps is None else args.start_steps
     t0 = time.perf_counter()
-    runs = experiment(base, args.prefix, start_steps, args.epochs)
+    # synthetic problems: the reference evolver (exact labels); a given config evolves as it says
+    evolve = None if args.no_evolve else {} if args.config else {"evolver": "reference"}
+    runs = experiment(base, args.prefix, start_steps, args.epochs, evolve, args.evolve_seeds)
     result = summarize(runs)
     result["total_s"] = round(time.perf_counter() - t0, 1)
     report = write_report(result, Storage(base["output_dir"]).join(f"{args.prefix}-report"))

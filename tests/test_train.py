@@ -117,6 +117,7 @@ def _uneven_examples(n: int) -> list[Example]:
             for i in range(n)]
 
 
+@pytest.mark.slow  # two training runs (about 1.5 min here): make slow_test
 def test_two_workers_follow_one_worker(ray_cluster, tiny_model, tmp_path: Path):
     """DDP on 2 gloo workers with the same global batch gives the loss curve of one worker:
     the loss is the token mean over both workers, gradients synced once per accumulated step."""
