@@ -7,7 +7,7 @@
 Synthetic problems, the `scripted` engine (no model: right with probability 0.5, else one wrong
 step) and the reference corrector, so what is measured is the pipeline itself: reading and
 writing parts, chunking, Ray Data, grading, correcting, building the training set. Each size
-runs in a driver process of its own (a fresh local Ray), whose peak RSS is read at its end; the
+runs in a driver process of its own (a fresh local Ray), whose peak RSS is read per stage; the
 object store is polled every second. Per size and stage: wall time and items/s; then the slope
 of each against size on a log-log fit (1.0: time grows as the size; 0: flat), side by side in
 one run, and a plot of time and driver memory against problems. Targets (issue 23): driver RSS
@@ -75,6 +75,23 @@ class ObjectStorePeak:
                 self.peak_mb = max(self.peak_mb, float(found.group(1)))
 
 
+def reset_peak_rss() -> None:
+    """Start this process's peak RSS (VmHWM) afresh (Linux: "5" into clear_refs)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass  # not Linux: the stage peaks are then peaks since the start
+
+
+def peak_rss_mb() -> float:
+    """This process's peak RSS since the last reset (VmHWM; ru_maxrss off Linux)."""
+    try:
+        found = re.search(r"VmHWM:\s+(\d+) kB", Path("/proc/self/status").read_text())
+    except OSError:
+        found = None
+    return round(int(found.group(1)) / 1024 if found else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
 def one_size(problems: int, samples: int, output_dir: str) -> dict[str, Any]:
     """Run the stages for one size in this process; their wall times, items, peaks."""
     import ray
@@ -89,15 +106,17 @@ def one_size(problems: int, samples: int, output_dir: str) -> dict[str, Any]:
     store = ObjectStorePeak(ray.get_runtime_context().gcs_address)
     out: dict[str, Any] = {"problems": problems, "stages": {}}
     for stage in STAGES:
+        reset_peak_rss()
         start = time.perf_counter()
         main_pipeline(cfg, until=stage)
         wall = time.perf_counter() - start
+        rss = peak_rss_mb()
         manifest = StageDir(Path(output_dir) / "scale", stage).manifest() or {}
         items = manifest.get(ITEMS[stage], 0)
         out["stages"][stage] = {"wall_s": round(wall, 2), "items": items,
-                                "items_per_s": round(items / wall, 1) if wall else 0.0}
+                                "items_per_s": round(items / wall, 1) if wall else 0.0, "driver_rss_mb": rss}
     store.stop.set()
-    out["driver_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    out["driver_rss_mb"] = max(s["driver_rss_mb"] for s in out["stages"].values())
     out["object_store_peak_mb"] = store.peak_mb
     out["total_s"] = round(sum(s["wall_s"] for s in out["stages"].values()), 2)
     out["items_per_s"] = round(problems / out["total_s"], 1)
@@ -182,6 +201,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for r in results:
         cells = " ".join(f"{r['stages'][s]['wall_s']:>10.1f} {r['stages'][s]['items_per_s']:>11.1f}" for s in STAGES)
         print(f"{r['problems']:>10,} {cells} {r['driver_rss_mb']:>8.1f} {r['object_store_peak_mb']:>9.1f}")
+    per_stage = (f"{r['problems']:,}: " + ", ".join(f"{s} {r['stages'][s]['driver_rss_mb']:g}" for s in STAGES)
+                 for r in results)
+    print("driver peak RSS per stage, MiB: " + "; ".join(per_stage))
     sizes_done = [r["problems"] for r in results]
     slopes = {f"{s}_time": slope(sizes_done, [r["stages"][s]["wall_s"] for r in results]) for s in STAGES}
     slopes["driver_rss"] = slope(sizes_done, [r["driver_rss_mb"] for r in results])

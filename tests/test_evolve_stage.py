@@ -93,3 +93,34 @@ def test_general_evolution_draws_from_every_training_question(ray_cluster, tmp_p
     seeds = {p["seed_id"] for p in _rows(run, "evolve")}
     assert seeds - corrected  # uniform over all questions: some were never corrected
     assert _manifest(run, "evolve")["strategy"] == "general"
+
+
+NEW = [  # what the fake evolver writes (by seed) and every vote's answer
+    ("A farmer packs 6 crates with 12 apples in each crate. How many apples does the farmer pack?", "72"),
+    ("Lena swims 3 laps every day for two whole weeks. How many laps does she swim altogether?", "42"),
+    ("A library lends 45 books on Monday and twice as many on Tuesday. How many books is that?", "135"),
+]
+
+
+def _evolver_reply(messages: list[dict]) -> str:
+    text = messages[-1]["content"]
+    if "#Given Question#:" in text:
+        return f"#Created Question#: {NEW[sum(map(ord, text)) % len(NEW)][0]}"
+    return next(f"Step 1: work it out.\nThe answer is {answer}." for q, answer in NEW if q in text)
+
+
+def test_llm_evolver_runs_in_a_ray_task_against_an_api(ray_cluster, tmp_path):
+    from tests.fakes import FakeBehaviour, FakeOpenAIServer
+
+    with FakeOpenAIServer(FakeBehaviour(reply=_evolver_reply)) as server:
+        cfg = load_config(SMOKE, [f"output_dir={tmp_path}", *SCRIPTED, "evolve.enabled=true", "evolve.evolver=llm",
+                                  "evolve.seeds=8", "evolve.engine.backend=openai", "evolve.engine.model=fake",
+                                  f"evolve.engine.openai.base_url={server.base_url}",
+                                  "evolve.engine.openai.max_retries=0"])
+        main_pipeline(cfg, until="evolve")
+    evo = _manifest(tmp_path / "smoke", "evolve")
+    assert evo["evolver"] == "fake" and evo["generated"] == 8 and evo["tokens"] > 0
+    assert evo["seeds"] == evo["kept"] + sum(evo["dropped"].values())
+    kept = {p["question"]: p["answer"] for p in _rows(tmp_path / "smoke", "evolve")}
+    assert kept and all(dict(NEW)[q] == a for q, a in kept.items())  # labelled by the votes' majority
+    assert set(evo["dropped"]) <= {"near-duplicate of another new question"}  # a seed drawn twice: one kept
