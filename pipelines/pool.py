@@ -30,6 +30,7 @@ from pipelines.stage_io import StageDir, log
 
 MIN_REQUESTS_FOR_RATE = 10  # the failure rate decides once this many requests are in
 PROGRESS_EVERY_S = 5.0  # seconds between progress lines
+CUT_TASKS = 4  # input parts cut into chunks at once (each task reads one part)
 
 
 class StageFailed(RuntimeError):
@@ -111,10 +112,11 @@ def part_chunks(source: StageDir, stage: StageDir, key: str, size: int, prefix: 
     # its own block (a repartition would be a task of its own that needs a CPU).
     parts.context.target_max_block_size = 1
     # No CPU held: a pool whose actors hold every CPU (a head without CPUs, GPU nodes whose CPUs the
-    # actors take) would otherwise never get its chunks cut, and the stage would wait forever.
+    # actors take) would otherwise never get its chunks cut, and the stage would wait forever. So no
+    # CPU bounds them either: at most CUT_TASKS at once (without it, a worker process per part starts).
     return parts.flat_map(
         _chunk_part, fn_kwargs={"source": source.dir.uri, "stage": stage.dir.uri, "key": key, "size": size,
-                                "prefix": prefix, "select": select}, num_cpus=0,
+                                "prefix": prefix, "select": select}, num_cpus=0, concurrency=CUT_TASKS,
     )
 
 
