@@ -26,6 +26,9 @@ with 95% intervals and an exact McNemar p-value, and each evolution arm against 
 each other; corrections used (and added by each evolution); wall time per stage. A table
 and a bar plot go into <output_dir>/<prefix>-report/report.md. The last line printed is one JSON
 object (its headline figures are the equal-epochs protocol; `equal_steps` holds the other).
+In MLflow the experiment is one run named <prefix> with every arm's run nested in it; the summary's
+figures (pass@1 and intervals per arm, the paired differences, their intervals and McNemar p) are
+its metrics and the report its artifact.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ from lema.storage import Storage  # noqa: E402
 from pipelines.lema import STAGE_NAMES, main_pipeline  # noqa: E402
 from pipelines.report import save_png  # noqa: E402
 from pipelines.stage_io import StageDir  # noqa: E402
+from pipelines.tracking import Tracker  # noqa: E402
 
 ARMS = ("cot", "lema", "cot_same_size")
 EVOLVE_ARMS = {"lema_evolve_cc": "correction_centric", "lema_evolve_general": "general"}
@@ -279,10 +283,17 @@ def main() -> None:
     t0 = time.perf_counter()
     # synthetic problems: the reference evolver (exact labels); a given config evolves as it says
     evolve = None if args.no_evolve else {} if args.config else {"evolver": "reference"}
-    runs = experiment(base, args.prefix, start_steps, args.epochs, evolve, args.evolve_seeds)
-    result = summarize(runs)
-    result["total_s"] = round(time.perf_counter() - t0, 1)
-    report = write_report(result, Storage(base["output_dir"]).join(f"{args.prefix}-report"))
+    where = Storage(base["output_dir"]).join(f"{args.prefix}-report")
+    # one MLflow run for the experiment, the arms' runs nested in it (pipelines/tracking.py)
+    with Tracker(LemaConfig.model_validate({**base, "run": args.prefix}), where) as parent:
+        tracking = {**base["tracking"], "parent_run": parent.run_id, "enabled": parent.run_id is not None}
+        runs = experiment({**base, "tracking": tracking}, args.prefix, start_steps, args.epochs, evolve,
+                          args.evolve_seeds)
+        result = summarize(runs)
+        result["total_s"] = round(time.perf_counter() - t0, 1)
+        report = write_report(result, where)
+        parent.log_metrics(result)  # arms' pass@1 and intervals, paired differences, McNemar p
+        parent.log_report(report)
     headline = {k: v for k, v in result.items() if k not in ("equal_epochs", "equal_steps", "wall_s")}
     print(f"report: {report}")
     print(json.dumps({**headline, "equal_steps": {

@@ -423,6 +423,22 @@ class RayConfig(StrictModel):
     """Logical CPUs when starting locally (more than cores keeps read tasks from starving)."""
 
 
+class TrackingConfig(StrictModel):
+    enabled: bool = True
+    """Log every run of the loop as an MLflow run (pipelines/tracking.py); a tracker that fails or
+    cannot be reached turns itself off with one warning and never fails the job."""
+    uri: str | None = None
+    """MLflow tracking URI, e.g. http://mlflow.team:5000 (None: $MLFLOW_TRACKING_URI, else the embedded
+    store sqlite:///<output_dir>/mlflow.db with artifacts in <output_dir>/mlartifacts; with a remote
+    output_dir and no URI, tracking is off with a warning)."""
+    experiment: str = "lema"
+    """MLflow experiment the runs go to."""
+    log_adapter: bool = False
+    """Copy the trained adapter's weights into the run's artifacts (otherwise only its URI, as a tag)."""
+    parent_run: str | None = None
+    """An MLflow run id this run nests under (the effect benchmark sets it for its arms)."""
+
+
 class LemaConfig(StrictModel):
     run: str = "demo"
     """Run name: outputs go to <output_dir>/<run>/<stage>/."""
@@ -442,6 +458,7 @@ class LemaConfig(StrictModel):
     train: TrainConfig = Field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig, json_schema_extra=OPERATIONAL)
     reuse: list[str] = Field(default_factory=list)
     """Other runs under the same output_dir whose finished stages this run takes over (copies)
     when their hashes match, instead of running them again: ablations on the same samples."""

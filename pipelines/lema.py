@@ -36,6 +36,7 @@ from pipelines.ray_setup import init_ray
 from pipelines.report import write_report
 from pipelines.sample import run_sample
 from pipelines.stage_io import MANIFEST, RunContext, StageDir, log
+from pipelines.tracking import Tracker
 from pipelines.train import run_train
 
 PROBLEMS_PER_PART = 10_000
@@ -150,21 +151,24 @@ def main_pipeline(cfg: LemaConfig, from_stage: str | None = None, until: str | N
     ctx = RunContext(cfg, run_dir)
     redo_from = STAGE_NAMES.index(from_stage) if from_stage else len(STAGES)
     init_ray(cfg)
-    for i, stage in enumerate(STAGES):
-        digest = ctx.hashes[stage.name] = stage_hash(ctx, stage)
-        out = ctx.dir(stage.name)
-        if i < redo_from and not out.is_complete(digest):
-            take_over(out, [StageDir(run_dir.parent.join(other), stage.name) for other in cfg.reuse], digest)
-        if begin(out, digest, redo=i >= redo_from):
-            start = time.perf_counter()
-            manifest = stage.run(ctx, out, digest)
-            figures = {k: round(v, 4) if isinstance(v, float) else v for k, v in manifest.items()
-                       if isinstance(v, (int, float)) and k != "complete"}
-            log(f"{stage.name}: done in {time.perf_counter() - start:.1f}s {figures}")
-        if stage.name == until:
-            return out.uri
+    with Tracker(cfg, run_dir, from_stage) as tracker:  # the run in MLflow (pipelines/tracking.py)
+        for i, stage in enumerate(STAGES):
+            digest = ctx.hashes[stage.name] = stage_hash(ctx, stage)
+            out = ctx.dir(stage.name)
+            if i < redo_from and not out.is_complete(digest):
+                take_over(out, [StageDir(run_dir.parent.join(other), stage.name) for other in cfg.reuse], digest)
+            if begin(out, digest, redo=i >= redo_from):
+                start = time.perf_counter()
+                manifest = stage.run(ctx, out, digest)
+                figures = {k: round(v, 4) if isinstance(v, float) else v for k, v in manifest.items()
+                           if isinstance(v, (int, float)) and k != "complete"}
+                log(f"{stage.name}: done in {time.perf_counter() - start:.1f}s {figures}")
+            tracker.log_stage(stage.name, digest, out.manifest(), redone=i >= redo_from)
+            if stage.name == until:
+                return out.uri
 
-    report = write_report(run_dir, STAGE_NAMES)
+        report = write_report(run_dir, STAGE_NAMES)
+        tracker.log_report(report)
     log("summary:\n  " + "\n  ".join(summary_lines(ctx)))
     log(f"report: {report}")
     return report
