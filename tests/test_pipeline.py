@@ -172,13 +172,14 @@ def test_smoke_loop_on_s3_with_two_workers_and_a_base_model(ray_cluster, s3_serv
 
 
 def test_reuse_takes_over_the_stages_an_ablation_shares(clean_run, capsys):
-    """Another run on the same samples: its problems, sample and correct stages are copied from
-    the finished run they match (the hashes say so), only data onwards runs."""
+    """Another run on the same samples: its problems, sample and correct stages (and the evolve
+    stages, off in both) are copied from the finished run they match (the hashes say so), only
+    data onwards runs."""
     out = clean_run[0].parent
     args = [str(SMOKE), f"output_dir={out}", *TINY, "run=ablation", "reuse=[smoke]", "data.include_corrections=false"]
     assert main([*args, "--until", "data"]) == 0
     log = capsys.readouterr().out
-    assert log.count("taken over from") == 3 and "data: running" in log
+    assert log.count("taken over from") == 6 and "data: running" in log
     assert _paths(out / "ablation") == _paths(clean_run[0])
     sample = json.loads((out / "ablation" / "sample" / "manifest.json").read_text())
     assert sample["taken_over_from"].endswith("/smoke/sample")
