@@ -7,12 +7,16 @@ import json
 import logging
 import os
 import shutil
+import tempfile
 
 import pytest
 
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")  # see RAY-NOTES: report() blocks
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# One MLflow store for the session: a new SQLite store takes seconds to set up, once per output_dir
+# (tests/test_tracking.py unsets this to check the default store under output_dir).
+os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{tempfile.mkdtemp(prefix='lema-mlflow-')}/mlflow.db")
 # Credentials for the test S3 server, set before Ray starts so its workers inherit them.
 for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
                    "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}.items():
