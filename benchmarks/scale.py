@@ -7,7 +7,8 @@
 Synthetic problems, the `scripted` engine (no model: right with probability 0.5, else one wrong
 step) and the reference corrector, so what is measured is the pipeline itself: reading and
 writing parts, chunking, Ray Data, grading, correcting, building the training set. Each size
-runs in a driver process of its own (a fresh local Ray), whose peak RSS is read per stage; the
+runs in a driver process of its own (a fresh local Ray), whose peak RSS and peak private memory
+(RssAnon: without the object store's pages it maps while reading blocks) are read per stage; the
 object store is polled every second. Per size and stage: wall time and items/s; then the slope
 of each against size on a log-log fit (1.0: time grows as the size; 0: flat), side by side in
 one run, and a plot of time and driver memory against problems. Targets (issue 23): driver RSS
@@ -92,6 +93,26 @@ def peak_rss_mb() -> float:
     return round(int(found.group(1)) / 1024 if found else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
+class PrivatePeak:
+    """Polls this process's private memory (RssAnon) every 0.1 s: the peak RSS also counts the
+    object store's pages the driver maps while it reads blocks zero-copy (RssShmem), which are
+    the store's memory, not the driver's."""
+
+    def __init__(self):
+        self.peak_mb = 0.0
+        threading.Thread(target=self.run, daemon=True).start()
+
+    def run(self) -> None:
+        while True:
+            try:
+                found = re.search(r"RssAnon:\s+(\d+) kB", Path("/proc/self/status").read_text())
+            except OSError:
+                return
+            if found:
+                self.peak_mb = max(self.peak_mb, int(found.group(1)) / 1024)
+            time.sleep(0.1)
+
+
 def one_size(problems: int, samples: int, output_dir: str) -> dict[str, Any]:
     """Run the stages for one size in this process; their wall times, items, peaks."""
     import ray
@@ -105,8 +126,10 @@ def one_size(problems: int, samples: int, output_dir: str) -> dict[str, Any]:
     init_ray(cfg)
     store = ObjectStorePeak(ray.get_runtime_context().gcs_address)
     out: dict[str, Any] = {"problems": problems, "stages": {}}
+    private = PrivatePeak()
     for stage in STAGES:
         reset_peak_rss()
+        private.peak_mb = 0.0
         start = time.perf_counter()
         main_pipeline(cfg, until=stage)
         wall = time.perf_counter() - start
@@ -114,9 +137,11 @@ def one_size(problems: int, samples: int, output_dir: str) -> dict[str, Any]:
         manifest = StageDir(Path(output_dir) / "scale", stage).manifest() or {}
         items = manifest.get(ITEMS[stage], 0)
         out["stages"][stage] = {"wall_s": round(wall, 2), "items": items,
-                                "items_per_s": round(items / wall, 1) if wall else 0.0, "driver_rss_mb": rss}
+                                "items_per_s": round(items / wall, 1) if wall else 0.0, "driver_rss_mb": rss,
+                                "driver_private_mb": round(private.peak_mb, 1)}
     store.stop.set()
     out["driver_rss_mb"] = max(s["driver_rss_mb"] for s in out["stages"].values())
+    out["driver_private_mb"] = max(s["driver_private_mb"] for s in out["stages"].values())
     out["object_store_peak_mb"] = store.peak_mb
     out["total_s"] = round(sum(s["wall_s"] for s in out["stages"].values()), 2)
     out["items_per_s"] = round(problems / out["total_s"], 1)
@@ -151,7 +176,8 @@ def plot(results: list[dict[str, Any]], path: Path) -> str:
         a.plot(sizes, [r["stages"][stage]["wall_s"] for r in results], marker="o", label=stage)
     a.set(xscale="log", yscale="log", xlabel="problems", ylabel="wall time, s", title="time per stage")
     a.legend()
-    b.plot(sizes, [r["driver_rss_mb"] for r in results], marker="o", label="driver peak RSS")
+    b.plot(sizes, [r["driver_rss_mb"] for r in results], marker="o", label="driver peak RSS (with mapped store pages)")
+    b.plot(sizes, [r["driver_private_mb"] for r in results], marker="^", label="driver peak private (RssAnon)")
     b.plot(sizes, [r["object_store_peak_mb"] for r in results], marker="s", label="object store peak")
     b.set(xscale="log", xlabel="problems", ylabel="MiB", title="memory", ylim=(0, None))
     b.legend()
@@ -201,12 +227,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for r in results:
         cells = " ".join(f"{r['stages'][s]['wall_s']:>10.1f} {r['stages'][s]['items_per_s']:>11.1f}" for s in STAGES)
         print(f"{r['problems']:>10,} {cells} {r['driver_rss_mb']:>8.1f} {r['object_store_peak_mb']:>9.1f}")
-    per_stage = (f"{r['problems']:,}: " + ", ".join(f"{s} {r['stages'][s]['driver_rss_mb']:g}" for s in STAGES)
+    per_stage = (f"{r['problems']:,}: " + ", ".join(f"{s} {r['stages'][s]['driver_rss_mb']:g}/"
+                                                     f"{r['stages'][s]['driver_private_mb']:g}" for s in STAGES)
                  for r in results)
-    print("driver peak RSS per stage, MiB: " + "; ".join(per_stage))
+    print("driver peak RSS / private (RssAnon) per stage, MiB: " + "; ".join(per_stage))
     sizes_done = [r["problems"] for r in results]
     slopes = {f"{s}_time": slope(sizes_done, [r["stages"][s]["wall_s"] for r in results]) for s in STAGES}
     slopes["driver_rss"] = slope(sizes_done, [r["driver_rss_mb"] for r in results])
+    slopes["driver_private"] = slope(sizes_done, [r["driver_private_mb"] for r in results])
     slopes["object_store"] = slope(sizes_done, [r["object_store_peak_mb"] + 1 for r in results])
     print("log-log slopes against problems (1: grows as the size, 0: flat): "
           + ", ".join(f"{k} {v}" for k, v in slopes.items()))
@@ -214,11 +242,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                "samples_per_problem": args.samples}
     for r in results:
         summary[f"driver_rss_mb_{label(r['problems'])}"] = r["driver_rss_mb"]
+        summary[f"driver_private_mb_{label(r['problems'])}"] = r["driver_private_mb"]
         summary[f"items_per_s_{label(r['problems'])}"] = r["items_per_s"]
         summary[f"object_store_peak_mb_{label(r['problems'])}"] = r["object_store_peak_mb"]
-    rss = [r["driver_rss_mb"] for r in results if r["problems"] >= 10_000]
-    if len(rss) >= 2:
-        summary["driver_rss_ratio_largest_to_10k"] = round(rss[-1] / rss[0], 3)
+    for key in ("driver_rss_mb", "driver_private_mb"):
+        values = [r[key] for r in results if r["problems"] >= 10_000]
+        if len(values) >= 2:
+            summary[f"{key.removesuffix('_mb')}_ratio_largest_to_10k"] = round(values[-1] / values[0], 3)
     print(json.dumps(summary))
     return summary
 
