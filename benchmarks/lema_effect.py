@@ -162,6 +162,7 @@ def summarize(runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
     epochs = protocol("lema", "cot_same_size")
     steps = protocol("lema-equal-steps", "cot_same_size-equal-steps")
     lema_verdicts = runs["lema"]["verdicts"]["adapter"]
+    evolution: dict[str, Any] = {}  # the evolution arms' headline figures
     for name in (n for n in EVOLVE_ARMS if n in runs):
         verdicts, m = runs[name]["verdicts"]["adapter"], runs[name]["manifests"]
         epochs["arms"][name] = score(verdicts)
@@ -174,6 +175,10 @@ def summarize(runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
             "evolved_inaccurate": m["evolve_sample"].get("inaccurate", 0),
             "corrections_added": m["evolve_correct"].get("verified", 0),
             "correction_examples": m["data"]["correction"]}
+        evolution.update({f"pass1_{name}": epochs["arms"][name]["pass1"],
+                          f"{name}_minus_lema": epochs[f"{name}_minus_lema"]["diff"],
+                          f"{name}_minus_lema_ci95": epochs[f"{name}_minus_lema"]["ci95"],
+                          f"corrections_added_{name}": m["evolve_correct"].get("verified", 0)})
     if all(n in runs for n in EVOLVE_ARMS):
         epochs["lema_evolve_cc_minus_general"] = paired(runs["lema_evolve_general"]["verdicts"]["adapter"],
                                                         runs["lema_evolve_cc"]["verdicts"]["adapter"])
@@ -194,12 +199,7 @@ def summarize(runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
         "n_test": n,
         "n_corrections": runs["lema"]["manifests"]["data"]["correction"],
         "inaccurate_paths": corr.get("attempted", 0),
-        **{f"pass1_{name}": epochs["arms"][name]["pass1"] for name in EVOLVE_ARMS if name in epochs["arms"]},
-        **{f"{name}_minus_lema": epochs[f"{name}_minus_lema"]["diff"] for name in EVOLVE_ARMS
-           if f"{name}_minus_lema" in epochs},
-        **{f"{name}_minus_lema_ci95": epochs[f"{name}_minus_lema"]["ci95"] for name in EVOLVE_ARMS
-           if f"{name}_minus_lema" in epochs},
-        **{f"corrections_added_{name}": e["corrections_added"] for name, e in epochs.get("evolution", {}).items()},
+        **evolution,
         "equal_epochs": epochs,
         "equal_steps": steps,
         "wall_s": {name: {**{k: v for k, v in r["wall_s"].items() if v is not None}, "total": round(r["total_s"], 1)}

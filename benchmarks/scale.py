@@ -54,26 +54,38 @@ def config_overrides(problems: int, samples: int, output_dir: str) -> list[str]:
     ]
 
 
-class ObjectStorePeak:
-    """Polls the object store's use (Ray's memory summary) every second in a thread."""
+class Peak:
+    """The largest value `read()` gives (MiB; None: nothing to read), polled every `every_s` seconds
+    in a thread until `stop` is set."""
 
-    def __init__(self, address: str):
-        self.address, self.peak_mb = address, 0.0
+    def __init__(self, read: Any, every_s: float):
+        self.read, self.every_s, self.peak_mb = read, every_s, 0.0
         self.stop = threading.Event()
-        self.thread = threading.Thread(target=self.run, daemon=True)
-        self.thread.start()
+        threading.Thread(target=self.run, daemon=True).start()
 
     def run(self) -> None:
-        from ray._private.internal_api import memory_summary
-
-        while not self.stop.wait(1.0):
+        while not self.stop.wait(self.every_s):
             try:
-                text = memory_summary(address=self.address, stats_only=True)
+                value = self.read()
             except Exception:  # the cluster is going down
                 return
-            found = re.search(r"Plasma memory usage (\d+) MiB", text)
-            if found:
-                self.peak_mb = max(self.peak_mb, float(found.group(1)))
+            if value is not None:
+                self.peak_mb = max(self.peak_mb, value)
+
+
+def store_mb(address: str) -> float | None:
+    """The object store's use (Ray's memory summary)."""
+    from ray._private.internal_api import memory_summary
+
+    found = re.search(r"Plasma memory usage (\d+) MiB", memory_summary(address=address, stats_only=True))
+    return float(found.group(1)) if found else None
+
+
+def private_mb() -> float | None:
+    """This process's private memory (RssAnon): its RSS also counts the object store's pages the
+    driver maps while it reads blocks zero-copy (RssShmem), which are the store's, not the driver's."""
+    found = re.search(r"RssAnon:\s+(\d+) kB", Path("/proc/self/status").read_text())
+    return int(found.group(1)) / 1024 if found else None
 
 
 def reset_peak_rss() -> None:
@@ -93,26 +105,6 @@ def peak_rss_mb() -> float:
     return round(int(found.group(1)) / 1024 if found else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
-class PrivatePeak:
-    """Polls this process's private memory (RssAnon) every 0.1 s: the peak RSS also counts the
-    object store's pages the driver maps while it reads blocks zero-copy (RssShmem), which are
-    the store's memory, not the driver's."""
-
-    def __init__(self):
-        self.peak_mb = 0.0
-        threading.Thread(target=self.run, daemon=True).start()
-
-    def run(self) -> None:
-        while True:
-            try:
-                found = re.search(r"RssAnon:\s+(\d+) kB", Path("/proc/self/status").read_text())
-            except OSError:
-                return
-            if found:
-                self.peak_mb = max(self.peak_mb, int(found.group(1)) / 1024)
-            time.sleep(0.1)
-
-
 def one_size(problems: int, samples: int, output_dir: str) -> dict[str, Any]:
     """Run the stages for one size in this process; their wall times, items, peaks."""
     import ray
@@ -124,9 +116,9 @@ def one_size(problems: int, samples: int, output_dir: str) -> dict[str, Any]:
 
     cfg = load_config(None, config_overrides(problems, samples, output_dir))
     init_ray(cfg)
-    store = ObjectStorePeak(ray.get_runtime_context().gcs_address)
+    address = ray.get_runtime_context().gcs_address
+    store, private = Peak(lambda: store_mb(address), 1.0), Peak(private_mb, 0.1)
     out: dict[str, Any] = {"problems": problems, "stages": {}}
-    private = PrivatePeak()
     for stage in STAGES:
         reset_peak_rss()
         private.peak_mb = 0.0
@@ -140,6 +132,7 @@ def one_size(problems: int, samples: int, output_dir: str) -> dict[str, Any]:
                                 "items_per_s": round(items / wall, 1) if wall else 0.0, "driver_rss_mb": rss,
                                 "driver_private_mb": round(private.peak_mb, 1)}
     store.stop.set()
+    private.stop.set()
     out["driver_rss_mb"] = max(s["driver_rss_mb"] for s in out["stages"].values())
     out["driver_private_mb"] = max(s["driver_private_mb"] for s in out["stages"].values())
     out["object_store_peak_mb"] = store.peak_mb

@@ -53,7 +53,7 @@ def run_evolve(ctx: RunContext, stage: StageDir, stage_hash: str) -> dict[str, A
     return stage.write_manifest(
         stage_hash, enabled=True, strategy=cfg.evolve.strategy, evolver=_evolver(cfg),
         corrections=len(corrected), distinct_seeds=len(wanted), **counts, problems=len(kept),
-        **_difficulty(sample, draws), wall_s=timer.seconds)
+        **_difficulty(sample, draws, wanted), wall_s=timer.seconds)
 
 
 def _verified(row: dict[str, Any]) -> bool:
@@ -95,12 +95,17 @@ def _evolve_task(evolve: dict[str, Any], seeds: list[dict[str, Any]], eval_quest
         from lema.engines import build_engine
 
         engine = build_engine(cfg.engine, budget, cfg.pool.num_cpus)
-    return evolve_questions(seeds, cfg, engine, eval_questions)
+    try:
+        return evolve_questions(seeds, cfg, engine, eval_questions)
+    finally:
+        if engine is not None:
+            engine.close()
 
 
-def _difficulty(sample: StageDir, draws: list[str]) -> dict[str, list[int]]:
+def _difficulty(sample: StageDir, draws: list[str], wanted: set[str]) -> dict[str, list[int]]:
     """Histograms of per-question accuracy (fraction of sampled paths correct, by a Ray Data
-    groupby): of every sampled training question, and of the seeds (one entry per draw)."""
+    groupby): of every sampled training question, and of the seeds (one entry per draw; `wanted`:
+    the distinct ones)."""
     import numpy as np
 
     scored = sample.dataset().select_columns(["problem_id", "correct"]).map_batches(
@@ -110,7 +115,6 @@ def _difficulty(sample: StageDir, draws: list[str]) -> dict[str, list[int]]:
     train = np.zeros(DIFFICULTY_BINS, dtype=np.int64)
     for batch in accuracy.iter_batches(batch_format="numpy", batch_size=65536):
         train += _bins(batch["mean(c)"])
-    wanted = set(draws)
     seeds = {str(r["problem_id"]): r["mean(c)"]
              for r in accuracy.filter(lambda r: r["problem_id"] in wanted).iter_rows()}
     drawn = np.array([seeds[pid] for pid in draws if pid in seeds], dtype=float)

@@ -71,6 +71,12 @@ def fingerprints(*uris: str | None) -> list[str | None]:
     return [Storage(u).fingerprint() if u else None for u in uris]
 
 
+def _evolve_sample_config(cfg: LemaConfig) -> dict[str, Any]:
+    generators = evolve_generators(cfg)
+    return {"sample": cfg.sample, "generators": generators,
+            "adapters": fingerprints(*(g.engine.adapter for g in generators))}
+
+
 STAGES: tuple[Stage, ...] = (
     Stage("problems", (), lambda c: c.cfg.problems, run_problems),
     Stage("sample", ("problems",), lambda c: {
@@ -80,9 +86,8 @@ STAGES: tuple[Stage, ...] = (
           lambda c: {"correct": c.cfg.correct, "adapters": fingerprints(c.cfg.correct.engine.adapter)}, run_correct),
     Stage("evolve", ("problems", "sample", "correct"), lambda c: c.cfg.evolve.enabled and {
         "evolve": c.cfg.evolve, "eval": c.cfg.evaluate.datasets}, run_evolve),
-    Stage("evolve_sample", ("evolve",), lambda c: c.cfg.evolve.enabled and {
-        "sample": c.cfg.sample, "generators": evolve_generators(c.cfg),
-        "adapters": fingerprints(*(g.engine.adapter for g in evolve_generators(c.cfg)))}, run_evolve_sample),
+    Stage("evolve_sample", ("evolve",), lambda c: c.cfg.evolve.enabled and _evolve_sample_config(c.cfg),
+          run_evolve_sample),
     Stage("evolve_correct", ("evolve_sample",), lambda c: c.cfg.evolve.enabled and {
         "correct": c.cfg.correct, "adapters": fingerprints(c.cfg.correct.engine.adapter)}, run_evolve_correct),
     Stage("data", ("problems", "sample", "correct", "evolve_correct"),
