@@ -3,9 +3,10 @@
 Pure string work (no sympy): pulls the final answer out of model text or a gold solution and
 rewrites answers into a canonical form before they are compared (see `lema.grading`). The
 answer is the one after the latest marker (`#### n`, "The answer is", a final `A: n` line, the
-last `\\boxed{}`/`\\fbox{}` or a run of boxes that lists several); else the whole text when it
-is itself a final answer (`\\frac{1}{2}`, `$(1, 2)$`, `1,250`); else the last number (numeric
-datasets) or what the text's last sentence states (its last math span or number).
+last `\\boxed{}`/`\\fbox{}` or a run of boxes that lists several, the last `<answer>` tag);
+else the whole text when it is itself a final answer (`\\frac{1}{2}`, `$(1, 2)$`, `1,250`);
+else the last number (numeric datasets) or what the text's last sentence states (its last math
+span or number).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ NUMERIC_DATASETS = ("gsm8k", "synthetic")
 LATEX_DATASETS = ("math", "math500")
 MAX_NUMBER_CHARS = 400  # longer "numbers" are junk (and Python caps int<->str at 4300 digits)
 MAX_BARE_ANSWER_CHARS = 200  # a longer text is a solution, not a final answer on its own
+MAX_EXPONENT = 400  # past 10^±400 a "number" is junk (and an exact Fraction of it is costly)
 MAX_SENTENCE_CHARS = 1000  # the tail of a text read for the answer its last sentence states
 
 _NUMBER = r"(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|\.\d+"
@@ -45,15 +47,35 @@ _CHOICE_RE = re.compile(r"^\(?([A-Ea-e])\)$|^\(([A-Ea-e])\)?$")
 _THOUSANDS_RE = re.compile(r"^-?[1-9]\d{0,2}(?:,\d{3})+(?:\.\d+)?$")
 _DECIMAL_COMMA_RE = re.compile(r"^-?\d+,\d+$")
 _FRAC_RE = re.compile(r"^(-?)\\frac\{(-?\d+)\}\{(-?\d+)\}$|^(-?)\\frac(\d)(\d)$")
+_MIXED_RE = re.compile(
+    r"(-?)(\d+)\s+(\d+)\s*/\s*(\d+)|(-?)(\d+)\s*\\frac\s*\{(\d+)\}\s*\{(\d+)\}|(-?)(\d+)\s*\\frac(\d)(\d)"
+)
+_SCIENTIFIC_RE = re.compile(  # 1e-3 (no spaces: "2e - 3" is Euler's e), 2.31 \times 10^{-3}
+    r"([-+]?(?:\d+(?:\.\d*)?|\.\d+))(?:[eE]([-+]?\d+)|\s*(?:\\times|\\cdot|\*|×)\s*10\s*\^\s*\{?\s*([-+]?\d+)\s*\}?)"
+)
+_DEGREES = r"(?:\^\s*\{?\s*\\circ\s*\}?|°|\\degree)"
+_TRIG_DEGREES_RE = re.compile(  # \sin 30^\circ, \cos(60^{\circ}), \tan^2 45°
+    rf"(\\(?:sin|cos|tan|cot|sec|csc)(?:\s*\^\s*\{{?\d+\}}?)?)\s*"
+    rf"(?:\(\s*(-?\d+(?:\.\d+)?)\s*{_DEGREES}\s*\)|(-?\d+(?:\.\d+)?)\s*{_DEGREES})"
+)
 _SIMPLE_NUMBER_RE = re.compile(r"^[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:/[-+]?\d+)?$")
 _TEXT_BLOCK_RE = re.compile(r"\\(?:text\w*|math\w+|mbox|operatorname)\s*\{[^{}]*\}|\\[A-Za-z]+")
 _TWO_WORDS_RE = re.compile(r"\b(?:[A-Za-z]+\s+[A-Za-z]{2,}|[A-Za-z]{2,}\s+[A-Za-z]+)\b")
 _LABEL_RE = re.compile(r"^[A-Za-z]{2,}\.?\s+[^A-Za-z\s]")  # "Step 3: 20", "Total 20": a label first
 _MATH_DELIMITER_RE = re.compile(r"(?<!\\)\$|\\[()\[\]]")
 _EQUALS_RE = re.compile(r"(?<![<>!=\\])=(?!=)")
-_BOX_SEPARATOR_RE = re.compile(
-    r"(?:\s|[,;$&]|\\[()\[\],;:! ]|\\q?quad|\\text\{\s*(?:and|or|,)?\s*\}|\band\b|\bor\b)*"
+_ANSWER_TAG_RE = re.compile(r"<answer>(.*?)(?:</answer>|$)", re.DOTALL | re.IGNORECASE)
+_WHOLE_TAG_RE = re.compile(r"\s*<answer>\s*(.*?)\s*(?:</answer>)?\s*", re.DOTALL | re.IGNORECASE)
+_NAME = r"[a-zA-Z](?:_\{?\w+\}?)?"  # x, y_1, a_{n}: a variable an answer is assigned to
+_GAP_SEP = r"(?:\s|[,;$&]|\\[()\[\],;:! ]|\\q?quad)*"
+_BOX_LABEL = r"(?:for\s+)?(?:part\s*)?\([a-z0-9]\)|[A-Za-z]{2,}"  # "for part (a)", "papers", "cm"
+_BOX_LINK = rf"(?:(?P<label>{_BOX_LABEL}){_GAP_SEP}(?:\band\b|\bor\b|[,;])|\band\b|\bor\b)"
+_BOX_GAP_RE = re.compile(  # between two boxes of one answer: "papers and", ", and y =", "for part (a) and"
+    rf"{_GAP_SEP}(?:{_BOX_LINK}{_GAP_SEP})?(?:(?P<name>{_NAME})\s*={_GAP_SEP})?"
 )
+_NAME_BEFORE_RE = re.compile(rf"(?<![A-Za-z\\])({_NAME})\s*=[\s$]*(?:\\[(\[])?\s*$")
+_NOT_LABELS = {"then", "so", "thus", "hence", "therefore", "but", "not", "wait", "is", "was", "gives",
+               "first", "next", "finally", "also", "instead", "actually", "get", "got", "becomes"}
 
 
 def find_boxes(text: str) -> list[tuple[int, int, str]]:
@@ -84,21 +106,43 @@ def find_last_boxed(text: str) -> tuple[int, str] | None:
     return (boxes[-1][0], boxes[-1][2]) if boxes else None
 
 
+def _box_gap(gap: str) -> re.Match[str] | None:
+    """How the text between two boxes of one answer reads (a link, a variable), or None when it
+    says more than that ("then", a sentence)."""
+    m = _BOX_GAP_RE.fullmatch(re.sub(r"\\(?:text|mbox|textrm)\s*\{([^{}]*)\}", r" \1 ", gap))
+    return None if m and (m.group("label") or "").lower() in _NOT_LABELS else m
+
+
 def _boxed_answer(text: str) -> tuple[int, str] | None:
-    r"""The last box, or the list of a final run of boxes with only separators between them
-    (`\boxed{1}, \boxed{2}`, `\boxed{-2} \quad \text{and} \quad \boxed{1}` -> "-2, 1")."""
+    r"""The last box, or all the boxes of a final run in which only links stand between them.
+
+    A link is separators (`,`, `;`, `\quad`, math delimiters), `and`/`or`, optionally after a
+    label of the box before (`papers and`, `for part (a) and`) and before a variable of the
+    box after (`and $y =`). A run is listed in order, "-2, 1"; when each of its boxes is
+    assigned a different variable (`$x=\boxed{2}$ and $y=\boxed{3}$`) the names stay,
+    "x = 2, y = 3", so a tuple gold is compared in that order (`lema.grading`). Any other text
+    between two boxes ("then", a sentence) ends the run: the last box alone is the answer.
+    """
     boxes = find_boxes(text)
     if not boxes:
         return None
     run = [boxes[-1]]  # from the last box backwards
+    names: list[str | None] = []
     for box in reversed(boxes[:-1]):
-        if not _BOX_SEPARATOR_RE.fullmatch(text[box[1]: run[-1][0]]):
+        gap = _box_gap(text[box[1]: run[-1][0]])
+        if gap is None:
             break
+        names.append(gap.group("name"))
         run.append(box)
+    before = _NAME_BEFORE_RE.search(text[max(0, run[-1][0] - 40): run[-1][0]])
+    names.append(before.group(1) if before else None)
     run.reverse()
+    names.reverse()
     contents = [clean_answer(c) for _, _, c in run]
     if len(set(contents)) == 1:
         return run[-1][0], run[-1][2]
+    if None not in names and len(set(names)) == len(names):
+        return run[0][0], ", ".join(f"{n} = {c}" for n, c in zip(names, contents))
     return run[0][0], ", ".join(contents)
 
 
@@ -143,8 +187,12 @@ def _cut_phrase(span: str, numeric: bool) -> str:
 
 
 def _marked_answer(text: str, numeric: bool) -> str | None:
-    """The answer after the latest marker (`####`, boxed, answer phrase, final `A:` line)."""
+    """The answer after the latest marker (`####`, boxed, answer phrase, final `A:` line,
+    `<answer>` tag)."""
     candidates: list[tuple[int, str]] = []
+    tags = list(_ANSWER_TAG_RE.finditer(text))
+    if tags:  # a box or phrase inside the tag starts later, so it wins
+        candidates.append((tags[-1].start(), _cut_phrase(tags[-1].group(1), numeric)))
     hashes = list(_HASHES_RE.finditer(text))
     if hashes:
         candidates.append((hashes[-1].start(), hashes[-1].group(1)))
@@ -188,9 +236,15 @@ def bare_answer(text: str) -> str | None:
     return answer
 
 
+def unwrap_answer_tag(answer: str) -> str:
+    """The inside of an answer that is wholly one `<answer>...</answer>` tag (closed or not)."""
+    m = _WHOLE_TAG_RE.fullmatch(answer)
+    return m.group(1) if m and "<answer>" not in m.group(1).lower() else answer
+
+
 def clean_answer(answer: str) -> str:
     """Strip math delimiters, a wrapping box, and trailing punctuation from an answer span."""
-    answer = answer.strip()
+    answer = unwrap_answer_tag(answer.strip())
     inner = _whole_math_span(answer)
     if inner is not None:
         answer = inner.strip()
@@ -258,6 +312,11 @@ def parse_number(answer: str) -> Fraction | None:
     if len(answer) > MAX_NUMBER_CHARS:
         return None
     s = strip_decorations(answer)
+    special = mixed_number_value(s)
+    if special is None:
+        special = scientific_value(s)
+    if special is not None:
+        return special
     if re.search(r",\s", s):  # "32, 349" is a list, not 32349
         return None
     s = s.replace(" ", "")
@@ -274,6 +333,31 @@ def parse_number(answer: str) -> Fraction | None:
         return Fraction(s)
     except (ValueError, ZeroDivisionError):
         return None
+
+
+def mixed_number_value(s: str) -> Fraction | None:
+    r"""The value of a mixed number, "3128 1/2", "3128\frac{1}{2}", "-2 \frac34" (a whole number
+    then a proper fraction, the sign applying to both); None for anything else ("2, 1/2" is a
+    list, "12 345/2" not a proper fraction)."""
+    m = _MIXED_RE.fullmatch(s.strip())
+    if not m:
+        return None
+    sign, whole, num, den = (g for g in m.groups() if g is not None)  # the alternative matched
+    if not 0 < int(num) < int(den):
+        return None
+    value = int(whole) + Fraction(int(num), int(den))
+    return -value if sign else value
+
+
+def scientific_value(s: str) -> Fraction | None:
+    r"""The exact value of "1e-3", "2.31 \times 10^{-3}", "5\cdot10^4"; None for anything else."""
+    m = _SCIENTIFIC_RE.fullmatch(s.strip())
+    if not m:
+        return None
+    exponent = int(m.group(2) or m.group(3))
+    if abs(exponent) > MAX_EXPONENT:
+        return None
+    return Fraction(m.group(1)) * Fraction(10) ** exponent
 
 
 def decimal_comma_value(answer: str) -> Fraction | None:
@@ -319,15 +403,20 @@ def _drop_variable(s: str) -> str:
 
 def strip_decorations(answer: str) -> str:
     r"""Drop what never changes an answer's value: `$`, `\%`, degrees, units, `\left`, `x =`,
-    arithmetic before a final `=`; spell `\dfrac`/`\tfrac`/`\cfrac` as `\frac` and `\sqrt13`
-    as `\sqrt{13}`."""
-    s = answer.strip()
+    arithmetic before a final `=`, an `<answer>` tag, `\mathcal`/`\mathscr` around letters (`\mathcal{B}`
+    names the letter B); spell `\dfrac`/`\tfrac`/`\cfrac` as `\frac`, `\sqrt13` as `\sqrt{13}`,
+    `^{\prime}` as `'`, and an angle in degrees under a trig function in radians
+    (`\sin 30^\circ` -> `\sin(\frac{30\pi}{180})`)."""
+    s = unwrap_answer_tag(answer.strip())
     inner = _whole_math_span(s)
     if inner is not None:
         s = inner.strip()
     s = re.sub(r"\\[dtc]frac", r"\\frac", s)
     s = re.sub(r"\\sqrt\s*(\d+)", r"\\sqrt{\1}", s)  # `3\sqrt13`: shorthand for 3\sqrt{13}
     s = re.sub(r"\\left\b|\\right\b", "", s)
+    s = _TRIG_DEGREES_RE.sub(lambda m: f"{m.group(1)}(\\frac{{{m.group(2) or m.group(3)}\\pi}}{{180}})", s)
+    s = re.sub(r"\^\s*\{?\s*((?:\\prime\s*)+)\}?", lambda m: "'" * m.group(1).count("prime"), s)
+    s = re.sub(r"\\math(?:cal|scr)\s*(?:\{\s*([A-Za-z]+)\s*\}|([A-Za-z]))", lambda m: m.group(1) or m.group(2), s)
     s = re.sub(r",\\!\s*", ",", s)  # `11,\! 111`: a thousands separator
     s = re.sub(r"(?<!\\)\\[!,;: ]|~", " ", s).replace("{,}", ",")
     s = re.sub(r"\^\s*\{?\\circ\}?|°|\\degree", "", s)
@@ -357,8 +446,9 @@ def normalize_answer(answer: str, dataset: str = "gsm8k") -> str:
     """
     value = parse_number(answer)
     numeric = dataset.lower() in NUMERIC_DATASETS
-    if value is not None and (numeric or not re.search(r"frac|/", answer)):
-        return format_number(value)
+    if value is not None and (numeric or not re.search(r"frac|/", answer)
+                              or mixed_number_value(strip_decorations(answer)) is not None):
+        return format_number(value)  # a fraction stays as written; a mixed number does not
     if numeric:
         number = first_number(answer)
         if number is not None:
