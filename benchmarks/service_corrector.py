@@ -53,7 +53,7 @@ def inaccurate_paths(run_dir: Path, held_out: bool, max_paths: int | None) -> li
     """Inaccurate paths as the correct stage selects them: the tuned model's wrong test answers
     (held out), or the sample stage's wrong paths of training problems."""
     if held_out:
-        rows = [r for r in StageDir(run_dir, "evaluate").read_rows() if r["generator"].endswith("+adapter")]
+        rows = [r for r in StageDir(run_dir, "evaluate").read_rows() if r["generator"].endswith("+tuned")]
     else:
         rows = StageDir(run_dir, "sample").read_rows()
     return sorted((r for r in rows if is_inaccurate(r)), key=lambda r: r["path_id"])[:max_paths]

@@ -326,6 +326,15 @@ class DataConfig(StrictModel):
     the N with the smallest seeded hash of their id (a random choice that is the same on every
     run, whatever the order the records arrive in). With cot_source both and no corrections: CoT
     enlarged to a given size, the paper's same-size control."""
+    max_examples: int | None = Field(None, ge=1)
+    """Keep at most N examples in all (before the held-out split), by dropping CoT examples as
+    max_cot does (corrections too only if they alone exceed N): LeMa's data trimmed to the CoT
+    set's size, the paper's LeMa-32K control. Applied after max_cot and correction_ratio."""
+    corrections_as: Literal["correction", "cot"] = "correction"
+    """What a verified correction becomes: a correction example (LeMa), or a CoT example of its
+    question answered by its corrected solution, the CoT prompt and format (the paper's CoT-45K
+    control: LeMa's size by construction, as the same corrections are kept, deduplicated and
+    split alike)."""
     correction_prompt: str = "zero_shot"
     """The corrector prompt whose instructions and layout correction examples take, without its
     few-shot examples: zero_shot (ours), paper (the LeMa paper's), or a prompt file."""
@@ -351,9 +360,17 @@ class TrainConfig(StrictModel):
     init_adapter: str | None = None
     """Start from this LoRA adapter's weights (any storage URI; same rank and target modules as
     `lora`), e.g. continue a CoT-tuned adapter on CoT + corrections."""
-    load_in_4bit: bool = False
-    """QLoRA: the frozen base model in 4-bit NF4 with double quantisation (bitsandbytes, on CUDA
-    or the CPU; imported only then)."""
+    method: Literal["lora", "qlora", "full"] = "lora"
+    """lora: a LoRA adapter on the frozen base; qlora: the same on a base in 4-bit NF4 with double
+    quantisation (bitsandbytes, on CUDA or the CPU; imported only then); full: every weight trained
+    (fp32 master weights, bf16 autocast on CUDA), the result a whole model directory."""
+    parallelism: Literal["ddp", "fsdp"] = "ddp"
+    """ddp: every worker holds the whole model; fsdp (full only): PyTorch FSDP2 shards parameters,
+    gradients and optimizer state over the workers (7B-70B), checkpoints as sharded state."""
+    checkpoints: int = Field(0, ge=0)
+    """Keep this many evenly spaced snapshots of the tuned model for checkpoint selection: the
+    evaluate stage scores each on a dev split of training problems and reports the chosen one's test
+    pass@1 beside the paper's protocol (best of N on test, mean of the top 3). 0: the last only."""
     optimizer: Literal["adamw", "paged_adamw_32bit"] = "adamw"
     """adamw (torch), or bitsandbytes' paged AdamW with 32-bit states (the paper's QLoRA runs)."""
     lr_scheduler: Literal["cosine", "constant"] = "cosine"
@@ -386,8 +403,8 @@ class TrainConfig(StrictModel):
     max_failures: int = Field(2, json_schema_extra=OPERATIONAL)
     """Worker failures tolerated; training resumes from the last checkpoint."""
     merge: bool = False
-    """Also save the adapter merged into the base weights (with load_in_4bit: into the base
-    loaded again unquantised, never re-quantised)."""
+    """Also save the adapter merged into the base weights (with qlora: into the base loaded again
+    unquantised, never re-quantised)."""
     seed: int = 0
     max_grad_norm: float | None = 1.0
     """Clip the gradient norm to this (None: no clipping)."""
@@ -395,6 +412,20 @@ class TrainConfig(StrictModel):
     """CPU threads per training worker (None: torch's default; 1 is fastest here, RAY-NOTES)."""
     crash_at_step: int | None = Field(None, json_schema_extra=OPERATIONAL)
     """Testing only: the worker kills its own process once, after this step (fault tolerance)."""
+
+    @model_validator(mode="after")
+    def _method(self) -> TrainConfig:
+        if self.parallelism == "fsdp" and self.method != "full":
+            raise ValueError("train.parallelism fsdp shards a full fine-tune: set train.method: full "
+                             "(LoRA's trainable weights are small enough for ddp)")
+        if self.method == "full" and (self.init_adapter or self.merge):
+            raise ValueError("train.init_adapter and train.merge are for LoRA; a full fine-tune starts "
+                             "from base_model (a directory of an earlier full run works) and saves a model")
+        return self
+
+    @property
+    def load_in_4bit(self) -> bool:
+        return self.method == "qlora"
 
 
 class EvaluateConfig(StrictModel):
@@ -405,7 +436,11 @@ class EvaluateConfig(StrictModel):
     """n=1, temperature 0 gives greedy pass@1; n>1 adds pass@k and majority vote."""
     k: list[int] = Field(default_factory=lambda: [1])
     base: bool = True
-    """Also evaluate the base model (for the base vs adapter table)."""
+    """Also evaluate the base model (for the base vs tuned table), and the start adapter when
+    train.init_adapter is set (base -> start -> tuned)."""
+    dev_count: int = Field(64, ge=1)
+    """Checkpoint selection (train.checkpoints): the dev split, at most this many training problems
+    held out of training (data.eval_fraction, by problem), never test problems."""
     engine: EngineConfig = Field(default_factory=EngineConfig)
     """Engine settings for evaluation (model and adapter are filled in by the pipeline)."""
     pool: PoolConfig = Field(default_factory=PoolConfig, json_schema_extra=OPERATIONAL)

@@ -97,8 +97,13 @@ def _build_tiny(out: Path, hidden: int = 64, layers: int = 2) -> None:
 def resolve_model(name: str) -> str:
     """A name from a config -> something `from_pretrained` accepts (building it if needed).
 
-    `tiny-<hidden>x<layers>` builds a random model of that size (e.g. `tiny-256x4`).
+    `tiny-<hidden>x<layers>` builds a random model of that size (e.g. `tiny-256x4`); a storage URI
+    (a full fine-tune's model directory on s3://, file://) is downloaded once and loaded locally.
     """
+    if "://" in name:
+        from lema.storage import local_path
+
+        return str(local_path(name))
     if name == PACKAGED_MODEL:
         return str(_build_once(cache_dir() / "models" / PACKAGED_MODEL, _build_packaged))
     if name == TINY_MODEL or name.startswith(TINY_MODEL + "-"):

@@ -30,7 +30,9 @@ from lema.prompts import render_plain
 
 IGNORE_INDEX = -100  # label of tokens that carry no loss
 ADAPTER_DIR = "adapter"  # inside a checkpoint
-STATE_FILE = "trainer_state.pt"  # optimizer, scheduler, step, RNG
+STATE_FILE = "trainer_state.pt"  # optimizer (LoRA), scheduler, step, RNG
+SHARDED_DIR = "sharded"  # full fine-tuning: weights and optimizer state, a shard per rank
+MODEL_DIR = "model"  # full fine-tuning: the final model, a Hugging Face directory
 HISTORY_FILE = "history.json"
 
 Messages = list[dict[str, str]]
@@ -184,6 +186,92 @@ def build_optimizer_and_scheduler(
     return opt, get_cosine_schedule_with_warmup(opt, plan.warmup_steps, plan.total_steps)
 
 
+def shard_model(model: Any, rank: int, device: torch.device) -> Any:
+    """FSDP2 (`fully_shard`) over all workers: each decoder layer its own unit, then the root;
+    parameters, gradients and optimizer state are sharded, fp32 master weights computing in bf16
+    on CUDA. Rank 0 holds the loaded weights; the other ranks pass a model built on the meta
+    device (`empty_model`), so a node's RAM holds the weights once. The weights (and buffers,
+    e.g. rotary frequencies, which no state dict carries) are broadcast from rank 0."""
+    import torch.distributed as dist
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    mesh = init_device_mesh(device.type, (dist.get_world_size(),))
+    mp = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+          if device.type == "cuda" else MixedPrecisionPolicy())
+    full = model.state_dict() if rank == 0 else {}
+    blocks = set(getattr(model, "_no_split_modules", None) or [])
+    for module in model.modules():
+        if type(module).__name__ in blocks:
+            fully_shard(module, mesh=mesh, mp_policy=mp)
+    fully_shard(model, mesh=mesh, mp_policy=mp)
+    if rank != 0:
+        model.to_empty(device=device)
+    set_model_state_dict(model, full, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+    for buf in model.buffers():
+        buf.data = buf.data.to(device)
+        dist.broadcast(buf.data, src=0)
+    return model
+
+
+def empty_model(name: str) -> Any:
+    """The model's architecture on the meta device: no memory, weights to come (`shard_model`)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from lema.models import resolve_model
+
+    config = AutoConfig.from_pretrained(resolve_model(name))
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+
+
+def save_sharded_state(out_dir: str | Path, model: Any, optimizer: torch.optim.Optimizer) -> None:
+    """Every rank writes its shard of the weights and optimizer state (torch.distributed.checkpoint:
+    a `__<rank>_0.distcp` file each, `.metadata` from rank 0); the same files whether the model is
+    one process, DDP or FSDP, so a run may resume with another worker count."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    weights, optim = get_state_dict(model, optimizer)
+    dcp.save({"model": weights, "optim": optim}, checkpoint_id=str(Path(out_dir) / SHARDED_DIR))
+
+
+def load_sharded_state(ckpt_dir: str | Path, model: Any, optimizer: torch.optim.Optimizer) -> None:
+    """Restore `save_sharded_state`'s weights and optimizer state (every rank, its own shard)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    weights, optim = get_state_dict(model, optimizer)
+    state = {"model": weights, "optim": optim}
+    dcp.load(state, checkpoint_id=str(Path(ckpt_dir) / SHARDED_DIR))
+    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+
+
+def full_state_dict(model: Any) -> dict[str, torch.Tensor]:
+    """The whole model's weights on the CPU in rank 0 (empty elsewhere): a collective, every rank
+    calls it."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def save_model(model: Any, weights: dict[str, torch.Tensor], tokenizer: Any, out_dir: str | Path,
+               dtype: str) -> None:
+    """A Hugging Face model directory (config, safetensors, tokenizer) of `weights` in `dtype`,
+    which vLLM, the engines and the service load like any hub model."""
+    cast = getattr(torch, dtype)
+    weights = {k: v.to(cast) if v.is_floating_point() else v for k, v in weights.items()}
+    model.config.dtype = cast
+    model.save_pretrained(out_dir, state_dict=weights)
+    tokenizer.save_pretrained(out_dir)
+
+
+def snapshot_steps(total_steps: int, n: int) -> list[int]:
+    """N evenly spaced steps ending at the last (fewer when the run is shorter than N steps)."""
+    return sorted({max(1, round(total_steps * i / n)) for i in range(1, n + 1)}) if n else []
+
+
 # ---------------------------------------------------------------- steps
 def _to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
     return {k: v.to(device) for k, v in batch.items()}
@@ -195,6 +283,22 @@ def _autocast(device: torch.device) -> contextlib.AbstractContextManager:
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def _gradient_sync(model: torch.nn.Module, sync: bool) -> Iterator[None]:
+    """Synchronise gradients in this backward pass or not (DDP's no_sync, FSDP2's switch)."""
+    if sync:
+        yield
+    elif hasattr(model, "no_sync"):
+        with model.no_sync():
+            yield
+    else:
+        model.set_requires_gradient_sync(False)
+        try:
+            yield
+        finally:
+            model.set_requires_gradient_sync(True)
 
 
 def _label_count(labels: torch.Tensor) -> int:
@@ -229,7 +333,7 @@ def train_step(
     for j, batch in enumerate(micro_batches):
         batch = _to_device(batch, device)
         last = j == len(micro_batches) - 1
-        with contextlib.nullcontext() if last or world == 1 else model.no_sync():
+        with _gradient_sync(model, last or world == 1):
             with _autocast(device):
                 out = model(**batch, num_items_in_batch=n_labels)  # this worker's sum / global count
             (out.loss * world).backward()
@@ -341,8 +445,8 @@ def iterate_training(
 # ---------------------------------------------------------------- state
 def save_training_state(
     out_dir: str | Path,
-    model: Any,
-    optimizer: torch.optim.Optimizer,
+    model: Any | None,
+    optimizer: torch.optim.Optimizer | None,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     step: int,
     history: list[dict[str, Any]],
@@ -351,15 +455,18 @@ def save_training_state(
     """Write a resumable checkpoint: adapter (peft format), optimizer/scheduler/step, history.
 
     Args:
-        model: the peft model (unwrapped from DDP).
+        model: the peft model (unwrapped from DDP); None for a full fine-tune, whose weights and
+            optimizer state every rank saves sharded (`save_sharded_state`).
+        optimizer: the LoRA optimizer (None beside a None model).
         extra: plain values restored with the state (e.g. a restart counter).
     """
     out = Path(out_dir)
-    model.save_pretrained(out / ADAPTER_DIR)
+    if model is not None:
+        model.save_pretrained(out / ADAPTER_DIR)
     torch.save(
         {
             "step": step,
-            "optimizer": optimizer.state_dict(),
+            "optimizer": optimizer.state_dict() if optimizer is not None else None,
             "scheduler": scheduler.state_dict(),
             "rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
@@ -406,15 +513,19 @@ def load_training_state(
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
 ) -> tuple[int, list[dict[str, Any]], dict[str, Any]]:
-    """Restore adapter weights, optimizer, scheduler and RNG from `save_training_state` output.
+    """Restore weights (the adapter, or a full fine-tune's shards: every rank calls this),
+    optimizer, scheduler and RNG from `save_training_state` output.
 
     Returns:
         (step, history, extra).
     """
     src = Path(ckpt_dir)
-    load_adapter_weights(model, src / ADAPTER_DIR)
     state = torch.load(src / STATE_FILE, weights_only=False)
-    optimizer.load_state_dict(state["optimizer"])
+    if (src / SHARDED_DIR).is_dir():
+        load_sharded_state(src, model, optimizer)
+    else:
+        load_adapter_weights(model, src / ADAPTER_DIR)
+        optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     torch.set_rng_state(state["rng"])
     if state.get("cuda_rng") is not None and torch.cuda.is_available():  # dropout masks on the GPU

@@ -1,4 +1,4 @@
-"""The evaluate stage: pass@1 (greedy), pass@k and majority vote, base model vs base+adapter.
+"""The evaluate stage: pass@1 (greedy), pass@k and majority vote: base, start adapter, tuned model.
 
 Evaluation is sampling on test problems with the same actor pool and engines as the sample
 stage; every per-problem prediction is kept as a Path part (`part-<dataset>--<variant>-*`).
@@ -12,12 +12,15 @@ from collections import defaultdict
 from typing import Any
 
 from lema.config import GeneratorConfig, ProblemSourceConfig
-from lema.metrics import score_samples
+from lema.metrics import score_samples, wilson_interval
 from lema.records import EvalResult, Problem
 from lema.sources import load_problems
 from pipelines.pool import Timer, list_chunks
 from pipelines.sample import sample_chunks
 from pipelines.stage_io import RunContext, StageDir
+
+
+DEV = "dev"  # the dev split's label: training problems held out of training (checkpoint selection)
 
 
 def eval_label(src: ProblemSourceConfig) -> str:
@@ -55,41 +58,114 @@ def score(paths: list[dict[str, Any]], ks: list[int]) -> dict[str, Any]:
         "problems": s["problems"],
         "n": s["n"],
         "pass_at_1": round(s["pass@1"], 4),
+        "ci95": [round(x, 4) for x in wilson_interval(round(s["pass@1"] * s["problems"]), s["problems"])],
         "pass_at_1_lema_compat": round(compat["pass@1"], 4),
         "pass_at_k": {str(k): round(v, 4) for k, v in s["pass@k"].items()},
         "majority": round(s["majority"], 4) if n > 1 else None,
     }
 
 
+def dev_problems(ctx: RunContext) -> list[Problem]:
+    """The dev split for checkpoint selection: training problems the data stage held out of
+    training (`data.eval_fraction`, by problem id), at most `evaluate.dev_count`, in the order the
+    problems stage wrote them (parts are read one at a time until there are enough)."""
+    from lema.training_data import held_out
+
+    cfg, stage, out = ctx.cfg, ctx.dir("problems"), []
+    for part in sorted(stage.done_parts()):
+        out += [Problem.from_dict(r) for r in stage.read_part(part)
+                if held_out(r["id"], cfg.data.seed, cfg.data.eval_fraction)]
+        if len(out) >= cfg.evaluate.dev_count:
+            break
+    return out[: cfg.evaluate.dev_count]
+
+
+def models_to_score(ctx: RunContext) -> tuple[list[tuple[str, str, str | None]], list[tuple[str, str, str | None]]]:
+    """(variant, model, adapter) of what the test sets score (base, the start adapter, the tuned
+    model) and of the snapshots of `train.checkpoints` before the last (`step_<N>`)."""
+    cfg, train = ctx.cfg, ctx.dir("train").manifest()
+    base = cfg.base_model
+    full = train.get("method") == "full"
+
+    def tuned(where: str) -> tuple[str, str | None]:
+        return (where, None) if full else (base, where)
+
+    variants: list[tuple[str, str, str | None]] = [("base", base, None)] if cfg.evaluate.base else []
+    if cfg.evaluate.base and cfg.train.init_adapter:
+        variants.append(("start", base, cfg.train.init_adapter))
+    variants.append(("tuned", *tuned(train["model_dir" if full else "adapter_dir"])))
+    snapshots = [(f"step_{s['step']:06d}", *tuned(s["dir"])) for s in train.get("snapshots") or []
+                 if s["step"] != train["steps"]]
+    return variants, snapshots
+
+
+def select_checkpoint(rows: list[dict[str, Any]], final_step: int) -> list[dict[str, Any]]:
+    """Per test set: the checkpoint chosen on the dev split (ties to the later step) with its test
+    pass@1, beside the paper's protocol (the best of N on the test set, the mean of its top 3),
+    each labelled as what it is."""
+    def step(variant: str) -> int:
+        return final_step if variant == "tuned" else int(variant[len("step_"):])
+
+    candidates = {r["variant"] for r in rows if r["dataset"] == DEV}
+    dev = {r["variant"]: r for r in rows if r["dataset"] == DEV}
+    chosen = max(candidates, key=lambda v: (dev[v]["pass_at_1"], step(v)))
+    out = []
+    for label in sorted({r["dataset"] for r in rows} - {DEV}):
+        test = sorted((r for r in rows if r["dataset"] == label and r["variant"] in candidates),
+                      key=lambda r: (-r["pass_at_1"], -step(r["variant"])))
+        pick = next(r for r in test if r["variant"] == chosen)
+        out.append({
+            "dataset": label, "checkpoints": len(candidates), "steps": sorted(step(v) for v in candidates),
+            "dev_problems": dev[chosen]["problems"],
+            "dev_selected": {"what": "chosen on the dev split (training problems held out of training): an honest "
+                                     "test figure", "step": step(chosen), "dev_pass_at_1": dev[chosen]["pass_at_1"],
+                             "test_pass_at_1": pick["pass_at_1"], "test_ci95": pick["ci95"]},
+            "paper_best_on_test": {"what": "the paper's protocol: the best of the checkpoints on the test set "
+                                           "itself (optimistic)", "step": step(test[0]["variant"]),
+                                   "test_pass_at_1": test[0]["pass_at_1"], "test_ci95": test[0]["ci95"]},
+            "paper_top3_mean_on_test": {"what": "the paper's Table 5: the mean of the 3 best checkpoints on the "
+                                                "test set (optimistic)",
+                                        "test_pass_at_1": round(sum(r["pass_at_1"] for r in test[:3])
+                                                                / len(test[:3]), 4)},
+        })
+    return out
+
+
 def run_evaluate(ctx: RunContext, stage: StageDir, stage_hash: str) -> dict[str, Any]:
-    """Evaluate the base model and the adapter on every evaluation set; write the table."""
+    """Evaluate the base model, the start adapter and the tuned model on every evaluation set,
+    and the snapshots of `train.checkpoints` with checkpoint selection on the dev split; write
+    `results.json`: {"results": [a row per set and variant], "selection": [...]}."""
     cfg, timer = ctx.cfg, Timer()
-    ev, base_model = cfg.evaluate, cfg.base_model
-    adapter = ctx.dir("train").manifest()["adapter_dir"]
-    variants = ([("base", None)] if ev.base else []) + [("adapter", adapter)]
+    ev = cfg.evaluate
+    variants, snapshots = models_to_score(ctx)
+    sets = dict(eval_problems(ctx))
+    plan = [(label, v) for label in sets for v in variants + snapshots]
+    if snapshots:
+        sets[DEV] = dev_problems(ctx)
+        plan += [(DEV, v) for v in [v for v in variants if v[0] == "tuned"] + snapshots]
     runs = []  # (set label, variant, adapter dir, engine label, problem ids)
-    for label, problems in eval_problems(ctx).items():
-        rows = [p.to_dict() for p in problems]
-        for variant, adapter_dir in variants:
-            engine = ev.engine.model_copy(update={"model": base_model, "adapter": adapter_dir,
-                                                  "name": f"{base_model}+{variant}"})
-            prefix = f"{label}--{variant}-"
-            sample_chunks(cfg, stage, list_chunks(stage, rows, "id", ev.pool.batch_size, prefix), len(rows),
-                          GeneratorConfig(engine=engine, sampling=ev.sampling), ev.pool,
-                          prefix=prefix, desc=f"evaluate {label} {variant}", compat=True)
-            runs.append((label, variant, adapter_dir, engine.label, {p.id for p in problems}))
+    for label, (variant, model, adapter_dir) in plan:
+        rows = [p.to_dict() for p in sets[label]]
+        engine = ev.engine.model_copy(update={"model": model, "adapter": adapter_dir,
+                                              "name": f"{cfg.base_model}+{variant}"})
+        prefix = f"{label}--{variant}-"
+        sample_chunks(cfg, stage, list_chunks(stage, rows, "id", ev.pool.batch_size, prefix), len(rows),
+                      GeneratorConfig(engine=engine, sampling=ev.sampling), ev.pool,
+                      prefix=prefix, desc=f"evaluate {label} {variant}", compat=True)
+        runs.append((label, variant, model, adapter_dir, engine.label, {p.id for p in sets[label]}))
 
     all_preds = stage.read_rows()
-    results: list[EvalResult] = []
-    for label, variant, adapter_dir, engine_label, ids in runs:
+    table: list[dict[str, Any]] = []
+    for label, variant, model, adapter_dir, engine_label, ids in runs:
         s = score([r for r in all_preds if r["generator"] == engine_label and r["problem_id"] in ids], ev.k)
-        results.append(EvalResult(
-            model=base_model, adapter=adapter_dir, dataset=label, n=s.get("n", 0),
+        result = EvalResult(
+            model=model, adapter=adapter_dir, dataset=label, n=s.get("n", 0),
             problems=s["problems"], pass_at_1=s["pass_at_1"], pass_at_k=s["pass_at_k"],
             majority=s["majority"], pass_at_1_lema_compat=s["pass_at_1_lema_compat"],
             predictions_file=stage.part(f"{label}--{variant}-*").uri,
-        ))
-    table = [dict(r.to_dict(), variant="adapter" if r.adapter else "base") for r in results]
-    stage.file("results.json").write_json(table)
-    return stage.write_manifest(stage_hash, results=table, headline_mode=cfg.grading_mode,
+        )
+        table.append(dict(result.to_dict(), variant=variant, ci95=s["ci95"]))
+    selection = select_checkpoint(table, ctx.dir("train").manifest()["steps"]) if snapshots else None
+    stage.file("results.json").write_json({"results": table, "selection": selection})
+    return stage.write_manifest(stage_hash, results=table, selection=selection, headline_mode=cfg.grading_mode,
                                 wall_s=timer.seconds)

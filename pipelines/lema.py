@@ -94,9 +94,10 @@ STAGES: tuple[Stage, ...] = (
           lambda c: {"data": c.cfg.data, "eval": c.cfg.evaluate.datasets, "prompt": c.cfg.sample.prompt}, run_data),
     Stage("train", ("data",), lambda c: {
         "train": c.cfg.train, "base": c.cfg.base_model, "init": fingerprints(c.cfg.train.init_adapter)}, run_train),
-    Stage("evaluate", ("train",),
-          lambda c: {"evaluate": c.cfg.evaluate, "prompt": c.cfg.sample.prompt, "base": c.cfg.base_model},
-          run_evaluate),
+    Stage("evaluate", ("problems", "train"), lambda c: {
+        "evaluate": c.cfg.evaluate, "prompt": c.cfg.sample.prompt, "base": c.cfg.base_model,
+        "start": fingerprints(c.cfg.train.init_adapter), "dev": [c.cfg.data.seed, c.cfg.data.eval_fraction]},
+        run_evaluate),
 )
 STAGE_NAMES = [s.name for s in STAGES]
 
@@ -184,9 +185,16 @@ def summary_lines(ctx: RunContext) -> list[str]:
     problems, sample, corr = (ctx.dir(s).manifest() or {} for s in ("problems", "sample", "correct"))
     lines = [f"{problems.get('problems', 0)} problems -> {sample.get('paths', 0)} paths ({sample.get('inaccurate', 0)} "
              f"inaccurate) -> {corr.get('verified', 0)}/{corr.get('attempted', 0)} corrections verified"]
-    for r in (ctx.dir("evaluate").manifest() or {}).get("results", []):
-        lines.append(f"{r['dataset']:>24} {r['variant']:<8} pass@1 {r['pass_at_1']:.3f} "
+    evaluate = ctx.dir("evaluate").manifest() or {}
+    for r in evaluate.get("results", []):
+        lo, hi = r.get("ci95") or (0.0, 0.0)
+        lines.append(f"{r['dataset']:>24} {r['variant']:<11} pass@1 {r['pass_at_1']:.3f} [{lo:.3f}, {hi:.3f}] "
                      f"(lema_compat {r['pass_at_1_lema_compat']:.3f}; {r['problems']} problems)")
+    for s in evaluate.get("selection") or []:
+        d, b = s["dev_selected"], s["paper_best_on_test"]
+        lines.append(f"{s['dataset']:>24} checkpoint chosen on dev: step {d['step']}, test pass@1 "
+                     f"{d['test_pass_at_1']:.3f}; the paper's best of {s['checkpoints']} on test: step {b['step']}, "
+                     f"{b['test_pass_at_1']:.3f}; top-3 mean {s['paper_top3_mean_on_test']['test_pass_at_1']:.3f}")
     return lines
 
 

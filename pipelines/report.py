@@ -155,26 +155,56 @@ def write_report(run_dir: Storage, stages: list[str]) -> str:
         ax.legend()
         plots.append(("Training", save_png(fig, root.join("training_loss.png"))))
 
-    # -- base vs adapter
-    results = m.get("evaluate", {}).get("results", [])
+    # -- base -> start -> tuned, and checkpoint selection
+    evaluate, train = m.get("evaluate", {}), m.get("train", {})
+    results = [r for r in evaluate.get("results", []) if r["variant"] in ("base", "start", "tuned")
+               and r["dataset"] != "dev"]
     if results:
         data = m.get("data", {})
-        lines += ["## Base vs adapter", "",
-                  f"The adapter was trained on {data.get('cot', 0)} CoT examples and "
-                  f"{data.get('correction', 0)} verified corrections. pass@1 is graded `robust` "
-                  "(ours) and `lema_compat` (the LeMa paper's evaluation rules).", "",
-                  "| dataset | model | problems | pass@1 | pass@1 lema_compat | pass@k | majority |",
+        method = {"full": "full fine-tuning"}.get(train.get("method", "lora"), train.get("method", "lora"))
+        lines += ["## Base, start and tuned model", "",
+                  f"The tuned model ({method}) was trained on {data.get('cot', 0)} CoT examples and "
+                  f"{data.get('correction', 0)} verified corrections"
+                  + (", continuing from the start adapter" if any(r["variant"] == "start" for r in results) else "")
+                  + ". pass@1 is graded `robust` (ours) and `lema_compat` (the LeMa paper's evaluation rules); "
+                  "[a, b] is its 95% Wilson interval.", "",
+                  "| dataset | model | problems | pass@1 [95% interval] | pass@1 lema_compat | pass@k | majority |",
                   "|---|---|---|---|---|---|---|"]
         for r in results:
             pk = ", ".join(f"@{k}: {v:.3f}" for k, v in r.get("pass_at_k", {}).items())
             maj = "" if r.get("majority") is None else f"{r['majority']:.3f}"
-            lines.append(f"| {r['dataset']} | {r['variant']} | {r['problems']} | {r['pass_at_1']:.3f} | "
-                         f"{r['pass_at_1_lema_compat']:.3f} | {pk} | {maj} |")
+            lo, hi = r.get("ci95") or (0.0, 0.0)
+            lines.append(f"| {r['dataset']} | {r['variant']} | {r['problems']} | {r['pass_at_1']:.3f} "
+                         f"[{lo:.3f}, {hi:.3f}] | {r['pass_at_1_lema_compat']:.3f} | {pk} | {maj} |")
         lines.append("")
         fig, ax = plt.subplots(figsize=(6, 3.2))
         _bar(ax, [f"{r['dataset']}\n{r['variant']}" for r in results], [r["pass_at_1"] for r in results],
              "pass@1", "{:.3f}", rate=True)
         plots.append(("Evaluation", save_png(fig, root.join("evaluation.png"))))
+    for sel in evaluate.get("selection") or []:
+        d, b, t = sel["dev_selected"], sel["paper_best_on_test"], sel["paper_top3_mean_on_test"]
+        lines += [f"## Checkpoint selection: {sel['dataset']}", "",
+                  f"{sel['checkpoints']} checkpoints (steps {', '.join(map(str, sel['steps']))}); the dev split is "
+                  f"{sel['dev_problems']} training problems held out of training.", "",
+                  "| protocol | step | test pass@1 | what it is |", "|---|---|---|---|",
+                  f"| chosen on dev | {d['step']} | {d['test_pass_at_1']:.3f} [{d['test_ci95'][0]:.3f}, "
+                  f"{d['test_ci95'][1]:.3f}] | {d['what']} |",
+                  f"| best on test | {b['step']} | {b['test_pass_at_1']:.3f} | {b['what']} |",
+                  f"| top-3 mean on test | | {t['test_pass_at_1']:.3f} | {t['what']} |", ""]
+        rows = {r["variant"]: r for r in evaluate["results"]
+                if r["dataset"] == sel["dataset"] and r["variant"] not in ("base", "start")}
+        dev = {r["variant"]: r for r in evaluate["results"] if r["dataset"] == "dev"}
+        steps = {v: (train.get("steps", 0) if v == "tuned" else int(v[len("step_"):])) for v in rows}
+        order = sorted(rows, key=steps.get)
+        fig, ax = plt.subplots(figsize=(6, 3.2))
+        ax.plot([steps[v] for v in order], [rows[v]["pass_at_1"] for v in order], "o-", label=f"{sel['dataset']} (test)")
+        ax.plot([steps[v] for v in order if v in dev], [dev[v]["pass_at_1"] for v in order if v in dev], "s--",
+                label="dev (training problems held out)")
+        ax.axvline(d["step"], color="grey", linestyle=":", label="chosen on dev")
+        ax.set_xlabel("optimizer step")
+        ax.set_ylabel("pass@1")
+        ax.legend()
+        plots.append((f"Checkpoints ({sel['dataset']})", save_png(fig, root.join(f"checkpoints-{sel['dataset']}.png"))))
 
     # -- per stage: records, tokens, wall time, cost
     lines += ["## Stages", "", "| stage | key figures | tokens | wall s | items/s | cost $ |",

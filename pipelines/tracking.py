@@ -233,8 +233,9 @@ class Tracker:
             how = (f"taken over from {manifest['taken_over_from']}" if manifest.get("taken_over_from")
                    else "redone (--from)" if redone else "complete")
             tags = {f"lema.hash.{stage}": digest, f"lema.stage.{stage}": how}
-            if manifest.get("adapter_dir"):
-                tags["lema.adapter"] = manifest["adapter_dir"]
+            for kind in ("adapter", "model"):  # the tuned adapter (LoRA, QLoRA) or model (full)
+                if manifest.get(f"{kind}_dir"):
+                    tags[f"lema.{kind}"] = manifest[f"{kind}_dir"]
             self._log(stage_metrics(stage, manifest), tags=tags)
             if manifest.get("adapter_dir") and self.cfg.tracking.log_adapter:
                 self.client.log_artifacts(self.run_id, Storage(manifest["adapter_dir"]).local_dir(), "adapter")

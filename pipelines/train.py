@@ -25,7 +25,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,14 +39,16 @@ ExamplesOrPath = Sequence[Example] | Sequence[dict] | str | os.PathLike
 Messages = list[dict[str, str]]
 HISTORY_FILE = "history.json"
 RUN_NAME = "ray_train"  # the Ray Train run inside the train stage's directory
+SNAPSHOTS = "snapshots"  # <run name>/snapshots/step_<N>: the tuned model at N (train.checkpoints)
 
 
 @dataclass
 class TrainResult:
     """What a finished fine-tune left behind, and its figures."""
 
-    adapter_dir: str  # URI: adapter_config.json + weights + tokenizer (PeftModel.from_pretrained)
+    adapter_dir: str | None  # URI: adapter_config.json + weights + tokenizer (LoRA, QLoRA)
     merged_dir: str | None  # URI: base weights with the adapter merged in (cfg.merge)
+    model_dir: str | None  # URI: the whole tuned model, a Hugging Face directory (method full)
     history: list[dict[str, Any]]  # per step: step, train_loss, lr, tokens, ..., eval_loss
     steps: int
     train_tokens: int  # input tokens (prompt + completion, no padding) seen by the optimizer
@@ -56,6 +58,7 @@ class TrainResult:
     checkpoint_dir: str = ""  # URI of the last checkpoint (holds the adapter dir)
     history_file: str = ""
     restarts: int = 0  # worker-group restarts recovered from checkpoints
+    snapshots: list[dict[str, Any]] = field(default_factory=list)  # [{step, dir}]: train.checkpoints
 
     def to_manifest(self) -> dict[str, Any]:
         """Figures for the stage manifest (the history stays in its own JSON file)."""
@@ -81,24 +84,37 @@ def load_chats(data: ExamplesOrPath) -> tuple[list[Messages], list[Messages]]:
 
 # ---------------------------------------------------------------- worker
 def _save_checkpoint_and_report(
-    step: int, metrics: dict[str, Any], state: dict[str, Any], final: bool
+    step: int, metrics: dict[str, Any], state: dict[str, Any], final: bool, snapshot: bool
 ) -> None:
-    """Rank 0 writes the checkpoint (plus final artifacts); every rank reports (a barrier)."""
+    """Write the checkpoint (plus the final artifacts, and a snapshot for checkpoint selection)
+    and report it. LoRA: rank 0 writes it all; full: every rank its shard of the weights and
+    optimizer (Ray gathers the ranks' files into one checkpoint directory), rank 0 the rest."""
     import ray.train
 
-    from lema.sft import ADAPTER_DIR, merge_adapter, save_training_state
+    from lema import sft
 
+    full, rank = state["full"], state["rank"]
+    model, optimizer = state["model"], state["optimizer"]
     with tempfile.TemporaryDirectory() as tmp:
+        if full:
+            sft.save_sharded_state(tmp, model, optimizer)
+        weights = sft.full_state_dict(model) if full and (final or snapshot) else None  # a collective
         checkpoint = None
-        if state["rank"] == 0:
-            model = state["model"]
-            save_training_state(tmp, model, state["optimizer"], state["scheduler"], step,
-                                state["history"], state["extra"])
-            if final:
-                state["tokenizer"].save_pretrained(Path(tmp) / ADAPTER_DIR)
+        if rank == 0:
+            sft.save_training_state(tmp, None if full else model, None if full else optimizer,
+                                    state["scheduler"], step, state["history"], state["extra"])
+            out = Path(tmp) / (sft.MODEL_DIR if full else sft.ADAPTER_DIR)
+            if full and (final or snapshot):
+                sft.save_model(model, weights, state["tokenizer"], out, state["dtype"])
+            elif final:
+                state["tokenizer"].save_pretrained(out)
                 if state["merge"]:
-                    merge_adapter(state["base_model"], Path(tmp) / ADAPTER_DIR, Path(tmp) / "merged",
-                                  state["dtype"])
+                    sft.merge_adapter(state["base_model"], out, Path(tmp) / "merged", state["dtype"])
+            if snapshot:  # straight to storage: Ray keeps only the last checkpoints
+                if not full:
+                    state["tokenizer"].save_pretrained(out)
+                Storage(out).copy_to(Storage(state["snapshots"]).join(f"step_{step:06d}"))
+        if rank == 0 or full:
             checkpoint = ray.train.Checkpoint.from_directory(tmp)
         ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=f"checkpoint_{step:06d}")
 
@@ -112,7 +128,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     from lema import sft
     from lema.engines import resolve_prompt_format
-    from lema.models import load_model_and_tokenizer
+    from lema.models import load_model_and_tokenizer, resolve_model
 
     cfg = TrainConfig.model_validate(config["train"])
     if cfg.torch_threads is not None:
@@ -126,10 +142,18 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         torch.backends.cudnn.allow_tf32 = True
 
     # ---- model and data
-    dtype = "bfloat16" if device.type == "cuda" else "float32"
-    # on the CPU, then prepare_model moves it to this worker's device; a 4-bit model loads there
-    base, tokenizer = load_model_and_tokenizer(cfg.base_model, dtype=dtype, load_in_4bit=cfg.load_in_4bit,
-                                               device=str(device) if cfg.load_in_4bit else "cpu")
+    full, fsdp = cfg.method == "full", cfg.parallelism == "fsdp"
+    # fp32 master weights for a full fine-tune (bf16 autocast or FSDP's bf16 compute on CUDA)
+    dtype = "bfloat16" if device.type == "cuda" and not full else "float32"
+    # on the CPU, then prepare_model moves it to this worker's device; a 4-bit model loads there.
+    # FSDP: rank 0 alone loads the weights, the other ranks start from the architecture
+    if fsdp and rank != 0:
+        from transformers import AutoTokenizer
+
+        base, tokenizer = sft.empty_model(cfg.base_model), AutoTokenizer.from_pretrained(resolve_model(cfg.base_model))
+    else:
+        base, tokenizer = load_model_and_tokenizer(cfg.base_model, dtype=dtype, load_in_4bit=cfg.load_in_4bit,
+                                                   device=str(device) if cfg.load_in_4bit else "cpu")
     prompt_format = resolve_prompt_format(cfg.prompt_format, tokenizer, cfg.base_model)
     train_chats, eval_chats = ray.get(config["data"])
     train_features, dropped = sft.tokenize_chats(train_chats, tokenizer, cfg.max_seq_len, prompt_format)
@@ -141,18 +165,24 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                                                gradient_checkpointing_kwargs={"use_reentrant": False})
     elif cfg.gradient_checkpointing:
         base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        base.enable_input_require_grads()  # the frozen embeddings must pass gradients to LoRA
-    model = sft.build_lora_model(base, cfg.lora)
+        if not full:
+            base.enable_input_require_grads()  # the frozen embeddings must pass gradients to LoRA
+    if full:
+        base.train()
+        model = sft.shard_model(base, rank, device) if fsdp else base
+    else:
+        model = sft.build_lora_model(base, cfg.lora)
     if cfg.init_adapter is not None:  # continue from a saved adapter (e.g. a CoT-tuned start)
         from lema.storage import local_path
 
         sft.load_adapter_weights(model, local_path(cfg.init_adapter))
-    # to the device (a 4-bit model is placed at load); DDP when world > 1
-    wrapped = ray.train.torch.prepare_model(model, move_to_device=not cfg.load_in_4bit)
+    # to the device (a 4-bit model is placed at load, FSDP shards are); DDP when world > 1
+    wrapped = model if fsdp else ray.train.torch.prepare_model(model, move_to_device=not cfg.load_in_4bit)
     plan = sft.plan_training(len(train_features), cfg.batch_size, cfg.grad_accum, cfg.epochs,
                              cfg.max_steps, cfg.warmup_ratio, world)
     optimizer, scheduler = sft.build_optimizer_and_scheduler(
         model, cfg.learning_rate, cfg.weight_decay, plan, cfg.optimizer, cfg.lr_scheduler)
+    snapshots = set(sft.snapshot_steps(plan.total_steps, cfg.checkpoints))
 
     # ---- resume from the last checkpoint, if this is a restart (or a re-run of the same name)
     start, history, extra = 0, [], {"restarts": 0}
@@ -163,7 +193,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         extra["restarts"] += 1
     state = {"rank": rank, "model": model, "optimizer": optimizer, "scheduler": scheduler,
              "history": history, "extra": extra, "tokenizer": tokenizer, "merge": cfg.merge,
-             "base_model": cfg.base_model, "dtype": dtype}
+             "base_model": cfg.base_model, "full": full, "snapshots": config["snapshots"],
+             "dtype": "bfloat16" if device.type == "cuda" else "float32"}
 
     # ---- train
     spec = sft.LoopSpec(plan=plan, eval_every=cfg.eval_every, eval_batch_size=cfg.batch_size,
@@ -184,9 +215,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         if step == cfg.crash_at_step and extra["restarts"] == 0:  # fault-tolerance tests only
             os.kill(os.getpid(), signal.SIGKILL)
         final = step == plan.total_steps
-        if step % cfg.checkpoint_every == 0 or final:
+        if step % cfg.checkpoint_every == 0 or final or step in snapshots:
             metrics = _summary(history, extra, dropped, time.perf_counter() - t0)
-            _save_checkpoint_and_report(step, metrics, state, final)
+            _save_checkpoint_and_report(step, metrics, state, final, step in snapshots)
     if start >= plan.total_steps:  # a re-run of a finished run: its last checkpoint stands
         ray.train.report(_summary(history, extra, dropped, 0.0), checkpoint=None)
 
@@ -250,7 +281,8 @@ def build_trainer(
         failure_config=FailureConfig(max_failures=cfg.max_failures),
         checkpoint_config=CheckpointConfig(num_to_keep=2),
     )
-    loop_config = {"train": cfg.model_dump(mode="json"), "data": ray.put((train, held_out))}
+    loop_config = {"train": cfg.model_dump(mode="json"), "data": ray.put((train, held_out)),
+                   "snapshots": storage.join(name, SNAPSHOTS).uri}
     return TorchTrainer(train_loop_per_worker, train_loop_config=loop_config,
                         scaling_config=scaling, run_config=run)
 
@@ -279,10 +311,15 @@ def run_training(
     history_file = storage.join(name, HISTORY_FILE)
     history_file.write_text(json.dumps(history, indent=1))
     evals = [h["eval_loss"] for h in history if h.get("eval_loss") is not None]
-    merged = ckpt.join("merged")
+    merged, model = ckpt.join("merged"), ckpt.join("model")
+    full = cfg.method == "full"
+    snapshots = storage.join(name, SNAPSHOTS)
     return TrainResult(
-        adapter_dir=ckpt.join("adapter").uri,
+        adapter_dir=None if full else ckpt.join("adapter").uri,
         merged_dir=merged.uri if merged.is_dir() else None,
+        model_dir=model.uri if full else None,
+        snapshots=[{"step": int(n[len("step_"):]), "dir": snapshots.join(n).uri}
+                   for n in snapshots.list()],
         history=history,
         steps=history[-1]["step"] if history else 0,
         train_tokens=sum(h["tokens"] for h in history),
@@ -301,10 +338,13 @@ def run_train(ctx: RunContext, stage: StageDir, stage_hash: str) -> dict[str, An
     cfg = ctx.cfg.train.model_copy(update={"base_model": ctx.cfg.base_model})
     result = run_training(data.file("train.jsonl").uri, cfg, stage.dir, RUN_NAME,
                           eval_path=data.file("held_out.jsonl").uri)
-    adapter = stage.file("adapter")  # a stable place: <run>/train/adapter
-    adapter.delete_contents()
-    Storage(result.adapter_dir).copy_to(adapter)
-    figures = {**result.to_manifest(), "adapter_dir": adapter.uri, "checkpoint_adapter_dir": result.adapter_dir}
+    # a stable place: <run>/train/adapter (LoRA, QLoRA) or <run>/train/model (full)
+    kind, made = ("model", result.model_dir) if cfg.method == "full" else ("adapter", result.adapter_dir)
+    stable = stage.file(kind)
+    stable.delete_contents()
+    Storage(made).copy_to(stable)
+    figures = {**result.to_manifest(), f"{kind}_dir": stable.uri, f"checkpoint_{kind}_dir": made,
+               "method": cfg.method}
     return stage.write_manifest(stage_hash, **figures, history=result.history)
 
 

@@ -104,7 +104,7 @@ def qlora_result(ray_cluster, tmp_path_factory):
     examples = [{"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": QLORA_TARGET}],
                  "split": "train"} for q in questions]
     cfg = TrainConfig(
-        base_model="smollm2-135m", load_in_4bit=True, lora=LoraConfig(r=64, alpha=16, dropout=0.0),
+        base_model="smollm2-135m", method="qlora", lora=LoraConfig(r=64, alpha=16, dropout=0.0),
         optimizer="paged_adamw_32bit", lr_scheduler="constant", learning_rate=3e-3, warmup_ratio=0.0,
         max_grad_norm=0.3, gradient_checkpointing=True, max_steps=3, batch_size=4, max_seq_len=96,
         eval_every=3, checkpoint_every=3, num_workers=1 if gpu else 2, use_gpu=gpu, merge=True,

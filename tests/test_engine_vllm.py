@@ -121,11 +121,11 @@ def test_evaluate_stage_on_vllm_with_the_adapter(ray_cluster, qlora_result, tmp_
         "evaluate.base=false",
     ])
     ctx = RunContext.from_rows(cfg, tmp_path)
-    ctx.dir("train").write_manifest("t", adapter_dir=qlora_result.adapter_dir)
+    ctx.dir("train").write_manifest("t", adapter_dir=qlora_result.adapter_dir, steps=qlora_result.steps)
     stage = StageDir(tmp_path, "evaluate")
     manifest = run_evaluate(ctx, stage, "h")
     table = {r["variant"]: r for r in manifest["results"]}
-    assert set(table) == {"adapter"} and table["adapter"]["problems"] == 8
+    assert set(table) == {"tuned"} and table["tuned"]["problems"] == 8
     preds = stage.read_rows()
-    adapted = [r["text"] for r in preds if r["generator"].endswith("+adapter")]
+    adapted = [r["text"] for r in preds if r["generator"].endswith("+tuned")]
     assert len(adapted) == 8 and all(t.startswith(QLORA_TARGET[:8]) for t in adapted)

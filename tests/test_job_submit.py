@@ -81,7 +81,7 @@ def test_job_submit_runs_the_pipeline(head, tmp_path):
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert "report:" in res.stdout  # the driver's log is streamed back
     manifest = json.loads((tmp_path / "smoke" / "evaluate" / "manifest.json").read_text())
-    assert {r["variant"] for r in manifest["results"]} == {"base", "adapter"}
+    assert {r["variant"] for r in manifest["results"]} == {"base", "tuned"}
 
 
 def test_job_submit_exit_code_is_honest(head, tmp_path):

@@ -61,10 +61,10 @@ def test_end_to_end(clean_run):
     assert train["adapter_dir"].startswith("file://")  # as output_dir names it: every node reads it
     assert train["steps"] == 2 and Storage(train["adapter_dir"]).join("adapter_config.json").is_file()
     ev = json.loads((run_dir / "evaluate" / "manifest.json").read_text())
-    assert {r["variant"] for r in ev["results"]} == {"base", "adapter"}
+    assert {r["variant"] for r in ev["results"]} == {"base", "tuned"}
     assert all(0 <= r["pass_at_1_lema_compat"] <= 1 for r in ev["results"])
     text = Storage(report).read_text()
-    assert "Base vs adapter" in text and (run_dir / "counts.png").is_file()
+    assert "Base, start and tuned model" in text and (run_dir / "counts.png").is_file()
 
 
 def test_rerun_skips_complete_stages(clean_run, capsys):
@@ -158,7 +158,7 @@ def test_smoke_loop_on_s3_with_two_workers_and_a_base_model(ray_cluster, s3_serv
                               f"sample.generators.0.engine.model={tiny_plain_model}"])
     report = main_pipeline(cfg)
     run = root.join("smoke")
-    assert report == run.join("report.md").uri and "Base vs adapter" in run.join("report.md").read_text()
+    assert report == run.join("report.md").uri and "Base, start and tuned model" in run.join("report.md").read_text()
     assert run.join("evaluation.png").is_file() and run.join("data", "train.jsonl").is_file()
     manifests = {s: run.join(s, "manifest.json").read_json() for s in STAGE_NAMES}
     assert all(m["complete"] for m in manifests.values())
@@ -167,7 +167,7 @@ def test_smoke_loop_on_s3_with_two_workers_and_a_base_model(ray_cluster, s3_serv
     assert adapter.join("adapter_config.json").is_file()
     assert manifests["train"]["checkpoint_adapter_dir"].startswith("s3://lema-runs/smoke/train/ray_train/checkpoint_")
     assert manifests["train"]["steps"] == 2
-    assert {r["variant"] for r in manifests["evaluate"]["results"]} == {"base", "adapter"}
+    assert {r["variant"] for r in manifests["evaluate"]["results"]} == {"base", "tuned"}
     assert manifests["sample"]["failed"] == 0 and manifests["sample"]["paths"] == 12
 
 

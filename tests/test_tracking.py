@@ -80,7 +80,7 @@ def test_a_run_is_an_mlflow_run(smoke_run):
     assert [m.step for m in loss] == [1, 2, 3, 4]
     assert len(store.get_metric_history(row["run_id"], "train/lr")) == 4
     passes = [k for k in metrics if "pass" in k]
-    assert "evaluate/synthetic-test/adapter/pass_at_1" in passes
+    assert "evaluate/synthetic-test/tuned/pass_at_1" in passes
     assert "evaluate/synthetic-test/base/pass_at_1_lema_compat_ci95_high" in passes
     assert metrics["sample/paths"] > 0 and "correct/verified" in metrics and "correct/cost" in metrics
     assert {f"lema.hash.{s}" for s in ("problems", "train", "evaluate")} <= set(tags)
@@ -110,7 +110,7 @@ def test_from_logs_the_redone_stages_again_with_a_note(smoke_run):
     run = store.get_run(found.iloc[0]["run_id"])
     assert "--from evaluate" in run.data.tags["mlflow.note.content"]
     assert run.data.tags["lema.stage.evaluate"] == "redone (--from)"
-    assert len(store.get_metric_history(run.info.run_id, "evaluate/synthetic-test/adapter/pass_at_1")) == 2
+    assert len(store.get_metric_history(run.info.run_id, "evaluate/synthetic-test/tuned/pass_at_1")) == 2
     assert len(store.get_metric_history(run.info.run_id, "train/train_loss")) == 4  # train was not redone
 
 
@@ -123,7 +123,7 @@ def test_reused_stages_are_tagged_and_runs_nest(smoke_run):
     assert tags["lema.reuse"] == "smoke"
     assert tags["lema.stage.sample"] == f"taken over from {smoke_run / 'smoke' / 'sample'}"
     assert tags["mlflow.parentRunId"] == parent.run_id
-    assert "evaluate/synthetic-test/adapter/pass_at_1" in run.data.metrics
+    assert "evaluate/synthetic-test/tuned/pass_at_1" in run.data.metrics
 
 
 def test_a_dead_tracker_warns_once_and_never_slows_the_run(smoke_run, monkeypatch):
@@ -210,7 +210,7 @@ def test_the_mlflow_ui_shows_the_run(smoke_run, tmp_path):
                   "--window-size=1400,1000"]
         dom = subprocess.run([*common, "--dump-dom", page], capture_output=True, text=True, timeout=120).stdout
         subprocess.run([*common, f"--screenshot={shot}", page], capture_output=True, timeout=120)
-        assert all(text in dom for text in ("smoke", "train/train_loss", "evaluate/synthetic-test/adapter/pass_at_1"))
+        assert all(text in dom for text in ("smoke", "train/train_loss", "evaluate/synthetic-test/tuned/pass_at_1"))
         assert shot.stat().st_size > 10_000
         shutil.copy(shot, "/tmp/mlflow_run_page.png")
     finally:
