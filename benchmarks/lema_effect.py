@@ -1,4 +1,4 @@
-"""The LeMa effect, measured: CoT + verified corrections vs CoT alone vs CoT of the same size.
+"""The LeMa effect, measured: CoT + verified corrections vs CoT alone, and the paper's size controls.
 
     .venv/bin/python benchmarks/lema_effect.py            # configs/cpu_lema.yaml: about an hour on 2 quiet cores
     .venv/bin/python benchmarks/lema_effect.py --quick    # a tiny random model: the mechanics, a few minutes
@@ -12,18 +12,28 @@ stages of the first arm) and the same held-out test problems:
 - mistakes: the start model samples the config's n solutions per training problem; the wrong
   ones go to the config's corrector (the reference corrector on synthetic problems).
 - arms, each continuing from the start adapter: (a) cot = gold CoT; (b) lema = gold CoT +
-  verified corrections; (c) cot_same_size = gold CoT + correct sampled paths, as many examples
-  as (b) has (the paper's control for data size).
-- the paper's evolution arms (LeMa §2.2), in the equal-epochs protocol: (d) lema_evolve_cc =
+  verified corrections; and the paper's data-size controls (its Fig. 4, `DataConfig` options):
+  (c) cot_corrected = gold CoT + the same corrections' corrected solutions as CoT examples
+  (question -> corrected solution, the CoT prompt: "CoT-45K"), (b)'s size by construction;
+  (d) lema_trimmed = (b) with CoT examples dropped at random (seeded) down to (a)'s size
+  ("LeMa-32K"). The reference corrector's corrected solution is the gold one, so on synthetic
+  problems (c) repeats gold CoT examples (a copy per corrected path). Sizes count before the
+  held-out split (`data.eval_fraction`, by problem), so with a held-out fraction (d)'s training
+  examples may differ from (a)'s by a few; the report says so. (c) replaces the earlier
+  cot_same_size arm (CoT enlarged with correct sampled paths), which ran short of (b)'s size
+  whenever the start model had too few distinct correct paths.
+- the paper's evolution arms (LeMa §2.2), in the equal-epochs protocol: (e) lema_evolve_cc =
   (b) + the verified corrections of questions evolved from seeds drawn by corrections
-  (correction-centric); (e) lema_evolve_general = the same with seeds drawn uniformly from all
+  (correction-centric); (f) lema_evolve_general = the same with seeds drawn uniformly from all
   training questions (the paper's control); equal seed counts (`--evolve-seeds`, default (b)'s
   corrections). The reference evolver on synthetic problems; with `--config`, the config's own.
 - two protocols: equal epochs (the paper's: every arm trains `--epochs` over its own data, so
-  (b) and (c) take more steps) and equal steps (every arm takes (a)'s step count).
-Reported: pass@1 per arm with 95% Wilson intervals; the paired differences (b)-(a) and (b)-(c)
-with 95% intervals and an exact McNemar p-value, and each evolution arm against (b) and against
-each other; corrections used (and added by each evolution); wall time per stage. A table
+  (b) and (c) take more steps) and equal steps (every arm takes (a)'s step count; (d) already
+  does when its size is (a)'s, and its one run serves both).
+Reported: pass@1 per arm with 95% Wilson intervals and its example count; the paired differences
+(b)-(a), (b)-(c) and (d)-(a) with 95% intervals and an exact McNemar p-value, and each evolution
+arm against (b) and against each other; corrections used (and added by each evolution); wall
+time per stage. A table
 and a bar plot go into <output_dir>/<prefix>-report/report.md. The last line printed is one JSON
 object (its headline figures are the equal-epochs protocol; `equal_steps` holds the other).
 In MLflow the experiment is one run named <prefix> with every arm's run nested in it; the summary's
@@ -51,7 +61,9 @@ from pipelines.report import save_png  # noqa: E402
 from pipelines.stage_io import StageDir  # noqa: E402
 from pipelines.tracking import Tracker  # noqa: E402
 
-ARMS = ("cot", "lema", "cot_same_size")
+ARMS = ("cot", "lema", "cot_corrected", "lema_trimmed")
+SIZE_OF = {"cot_corrected": "lema", "lema_trimmed": "cot"}  # a size control: the arm whose size it takes
+DIFFS = (("lema", "cot"), ("lema", "cot_corrected"), ("lema_trimmed", "cot"))  # (b, a): b - a, paired
 EVOLVE_ARMS = {"lema_evolve_cc": "correction_centric", "lema_evolve_general": "general"}
 
 
@@ -128,12 +140,16 @@ def experiment(base: dict[str, Any], prefix: str, start_steps: int, epochs: floa
     arm("lema", {"include_corrections": True}, {}, with_base=not start_steps)
     lema_data = runs["lema"]["manifests"]["data"]
     arm("cot", {"include_corrections": False}, {})
-    same_size = {"include_corrections": False, "cot_source": "both",
-                 "max_cot": lema_data["cot"] + lema_data["correction"]}
-    arm("cot_same_size", same_size, {})
+    # the paper's size controls: CoT-45K (lema's size by construction) and LeMa-32K (cot's size)
+    corrected = {"include_corrections": True, "corrections_as": "cot"}
+    trimmed = {"include_corrections": True, "max_examples": max(1, runs["cot"]["manifests"]["data"]["cot"])}
+    arm("cot_corrected", corrected, {})
+    arm("lema_trimmed", trimmed, {})
     steps = runs["cot"]["manifests"]["train"]["steps"]  # equal steps: (a)'s count for every arm
     arm("lema-equal-steps", {"include_corrections": True}, {"max_steps": steps})
-    arm("cot_same_size-equal-steps", same_size, {"max_steps": steps})
+    arm("cot_corrected-equal-steps", corrected, {"max_steps": steps})
+    if runs["lema_trimmed"]["manifests"]["train"]["steps"] != steps:  # else its run serves both protocols
+        arm("lema_trimmed-equal-steps", trimmed, {"max_steps": steps})
     if evolve is not None:
         seeds = evolve_seeds or max(1, lema_data["correction"])
         for name, strategy in EVOLVE_ARMS.items():
@@ -147,20 +163,21 @@ def summarize(runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
     base = base_run["verdicts"]["base"]
     n = len(base)
 
-    def protocol(lema: str, same: str) -> dict[str, Any]:
-        a = runs["cot"]["verdicts"]["adapter"]
-        b = runs[lema]["verdicts"]["adapter"]
-        c = runs[same]["verdicts"]["adapter"]
-        return {"arms": {"base": score(base), "cot": score(a), "lema": score(b), "cot_same_size": score(c)},
-                "lema_minus_cot": paired(a, b), "lema_minus_cot_same_size": paired(c, b),
-                "steps": {"cot": runs["cot"]["manifests"]["train"]["steps"],
-                          "lema": runs[lema]["manifests"]["train"]["steps"],
-                          "cot_same_size": runs[same]["manifests"]["train"]["steps"]},
-                "examples": {arm: runs[r]["manifests"]["data"]["train"]
-                             for arm, r in (("cot", "cot"), ("lema", lema), ("cot_same_size", same))}}
+    def protocol(run_of: dict[str, str]) -> dict[str, Any]:
+        """The arms' scores, differences, steps and training examples; `run_of`: arm -> its run."""
+        verdicts = {arm: runs[r]["verdicts"]["adapter"] for arm, r in run_of.items()}
+        return {"arms": {"base": score(base), **{arm: score(v) for arm, v in verdicts.items()}},
+                **{f"{b}_minus_{a}": paired(verdicts[a], verdicts[b]) for b, a in DIFFS},
+                "steps": {arm: runs[r]["manifests"]["train"]["steps"] for arm, r in run_of.items()},
+                "examples": {arm: runs[r]["manifests"]["data"]["train"] for arm, r in run_of.items()},
+                "mix": {arm: {k: runs[r]["manifests"]["data"][k] for k in ("cot", "correction")}
+                        for arm, r in run_of.items()},  # before the held-out split
+                "runs": run_of}
 
-    epochs = protocol("lema", "cot_same_size")
-    steps = protocol("lema-equal-steps", "cot_same_size-equal-steps")
+    epochs = protocol({arm: arm for arm in ARMS})
+    steps = protocol({"cot": "cot", "lema": "lema-equal-steps", "cot_corrected": "cot_corrected-equal-steps",
+                      "lema_trimmed": "lema_trimmed-equal-steps" if "lema_trimmed-equal-steps" in runs
+                      else "lema_trimmed"})
     lema_verdicts = runs["lema"]["verdicts"]["adapter"]
     evolution: dict[str, Any] = {}  # the evolution arms' headline figures
     for name in (n for n in EVOLVE_ARMS if n in runs):
@@ -189,13 +206,10 @@ def summarize(runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
         "pass1_start": score(runs["start"]["verdicts"]["adapter"])["pass1"] if "start" in runs else None,
         "pass1_cot": epochs["arms"]["cot"]["pass1"],
         "pass1_lema": epochs["arms"]["lema"]["pass1"],
-        "pass1_cot_same_size": epochs["arms"]["cot_same_size"]["pass1"],
-        "lema_minus_cot": epochs["lema_minus_cot"]["diff"],
-        "lema_minus_cot_ci95": epochs["lema_minus_cot"]["ci95"],
-        "lema_minus_cot_p": epochs["lema_minus_cot"]["mcnemar_p"],
-        "lema_minus_cot_same_size": epochs["lema_minus_cot_same_size"]["diff"],
-        "lema_minus_cot_same_size_ci95": epochs["lema_minus_cot_same_size"]["ci95"],
-        "lema_minus_cot_same_size_p": epochs["lema_minus_cot_same_size"]["mcnemar_p"],
+        "pass1_cot_corrected": epochs["arms"]["cot_corrected"]["pass1"],
+        "pass1_lema_trimmed": epochs["arms"]["lema_trimmed"]["pass1"],
+        **headline_diffs(epochs),
+        "examples": epochs["examples"],
         "n_test": n,
         "n_corrections": runs["lema"]["manifests"]["data"]["correction"],
         "inaccurate_paths": corr.get("attempted", 0),
@@ -208,6 +222,15 @@ def summarize(runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def headline_diffs(p: dict[str, Any]) -> dict[str, Any]:
+    """A protocol's paired differences as flat figures: diff, 95% interval, McNemar p."""
+    out: dict[str, Any] = {}
+    for b, a in DIFFS:
+        d = p[f"{b}_minus_{a}"]
+        out.update({f"{b}_minus_{a}": d["diff"], f"{b}_minus_{a}_ci95": d["ci95"], f"{b}_minus_{a}_p": d["mcnemar_p"]})
+    return out
+
+
 # ---------------------------------------------------------------- report
 def write_report(result: dict[str, Any], where: Storage) -> str:
     import matplotlib
@@ -217,7 +240,11 @@ def write_report(result: dict[str, Any], where: Storage) -> str:
 
     lines = ["# The LeMa effect", "",
              f"{result['n_test']} held-out test problems, the same for every arm; "
-             f"{result['n_corrections']} verified corrections (of {result['inaccurate_paths']} inaccurate paths).", ""]
+             f"{result['n_corrections']} verified corrections (of {result['inaccurate_paths']} inaccurate paths).", "",
+             "The size controls (the paper's Fig. 4): cot_corrected is cot plus the same corrections' corrected "
+             "solutions as CoT examples (question -> corrected solution, the CoT prompt: \"CoT-45K\"), lema's "
+             "size; lema_trimmed is lema with CoT examples dropped at random (seeded) to cot's size (\"LeMa-32K\").",
+             ""]
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), sharey=True)
     protocols = (("equal_epochs", "equal epochs (the paper's)"), ("equal_steps", "equal steps"))
     for ax, (key, title) in zip(axes, protocols):
@@ -228,7 +255,7 @@ def write_report(result: dict[str, Any], where: Storage) -> str:
             s = p["arms"][arm]
             lines.append(f"| {arm} | {p['examples'].get(arm, '')} | {p['steps'].get(arm, '')} | {s['pass1']:.3f} | "
                          f"{s['ci95'][0]:.3f} to {s['ci95'][1]:.3f} |")
-        diffs = [("lema - cot", p["lema_minus_cot"]), ("lema - cot_same_size", p["lema_minus_cot_same_size"])]
+        diffs = [(f"{b} - {a}", p[f"{b}_minus_{a}"]) for b, a in DIFFS]
         diffs += [(f"{a} - lema", p[f"{a}_minus_lema"]) for a in EVOLVE_ARMS if f"{a}_minus_lema" in p]
         if "lema_evolve_cc_minus_general" in p:
             diffs.append(("lema_evolve_cc - lema_evolve_general", p["lema_evolve_cc_minus_general"]))
@@ -243,15 +270,25 @@ def write_report(result: dict[str, Any], where: Storage) -> str:
                           f"{e['train_difficulty']}) -> {e['kept']} new questions (dropped {e['dropped'] or 'none'}) "
                           f"-> {e['evolved_inaccurate']} inaccurate paths -> {e['corrections_added']} corrections "
                           f"added ({e['correction_examples']} correction examples in all)"]
-        if p["examples"]["cot_same_size"] < p["examples"]["lema"]:
-            lines += ["", f"cot_same_size has {p['examples']['cot_same_size']} examples, not lema's "
-                          f"{p['examples']['lema']}: the start model's distinct correct paths ran short."]
+        for arm, of in SIZE_OF.items():
+            mine, theirs, mix = p["examples"][arm], p["examples"][of], p["mix"][arm]
+            lines += ["", f"{arm}: {mine} training examples ({mix['cot']} CoT + {mix['correction']} corrections"
+                          f"{' as CoT' if arm == 'cot_corrected' else ''}), {of}: {theirs}" + (
+                " (the same size)." if mine == theirs else
+                f": {'more' if mine > theirs else 'fewer'} by {abs(mine - theirs)}, as the sizes are matched before "
+                "the held-out split (data.eval_fraction, by problem).")]
+        if p["mix"]["lema_trimmed"]["correction"] < p["mix"]["lema"]["correction"]:
+            lines += ["", "lema's corrections alone outnumber cot's examples: lema_trimmed keeps no CoT example and "
+                          f"{p['mix']['lema_trimmed']['correction']} of lema's {p['mix']['lema']['correction']} "
+                          "corrections (at random, seeded)."]
+        if p["runs"]["lema_trimmed"] == "lema_trimmed" and key == "equal_steps":
+            lines += ["", "lema_trimmed's equal-epochs run already takes cot's steps: the one run serves both."]
         lines.append("")
         values = [p["arms"][a]["pass1"] for a in names]
         errors = [[v - p["arms"][a]["ci95"][0] for a, v in zip(names, values)],
                   [p["arms"][a]["ci95"][1] - v for a, v in zip(names, values)]]
         ax.bar(names, values, yerr=errors, capsize=4,
-               color=["#999999", "#4c72b0", "#dd8452", "#55a868", "#8172b3", "#937860"][:len(names)])
+               color=["#999999", "#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860"][:len(names)])
         ax.set_title(title)
         ax.set_ylim(0, 1)
         ax.tick_params(axis="x", labelrotation=15)
@@ -296,12 +333,10 @@ def main() -> None:
         parent.log_report(report)
     headline = {k: v for k, v in result.items() if k not in ("equal_epochs", "equal_steps", "wall_s")}
     print(f"report: {report}")
+    equal_steps = result["equal_steps"]
     print(json.dumps({**headline, "equal_steps": {
-        "pass1_lema": result["equal_steps"]["arms"]["lema"]["pass1"],
-        "pass1_cot_same_size": result["equal_steps"]["arms"]["cot_same_size"]["pass1"],
-        "lema_minus_cot": result["equal_steps"]["lema_minus_cot"]["diff"],
-        "lema_minus_cot_ci95": result["equal_steps"]["lema_minus_cot"]["ci95"],
-        "lema_minus_cot_p": result["equal_steps"]["lema_minus_cot"]["mcnemar_p"]}}))
+        **{f"pass1_{arm}": equal_steps["arms"][arm]["pass1"] for arm in ARMS if arm != "cot"},
+        **headline_diffs(equal_steps), "examples": equal_steps["examples"], "steps": equal_steps["steps"]}}))
 
 
 if __name__ == "__main__":

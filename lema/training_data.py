@@ -4,7 +4,9 @@ and writing it as JSONL or Parquet that Hugging Face `datasets` loads (a `messag
 A CoT example is the CoT prompt's user turn and, as the assistant target, the solution as
 numbered steps ending "The answer is X.". A correction example is the zero-shot corrector
 prompt for a question and an inaccurate solution, and as the target the correction in the
-corrector's output format (incorrect step, explanation, corrected solution).
+corrector's output format (incorrect step, explanation, corrected solution). A corrected CoT
+example (`DataConfig.corrections_as: cot`, the paper's CoT-45K control) is a CoT example of the
+question with the correction's corrected solution as its target.
 """
 
 from __future__ import annotations
@@ -74,6 +76,20 @@ def correction_example(correction: Correction, prompt: str = "zero_shot") -> Exa
     messages.append({"role": "assistant", "content": target})
     return Example(id=stable_id("correction", c.path_id, target), kind="correction",
                    messages=messages, source_ids=[c.problem_id, c.path_id])
+
+
+def corrected_cot_example(correction: Correction, prompt: str = "cot") -> Example:
+    """A CoT example from a (verified) Correction: the CoT prompt for its question, answered by
+    its corrected solution as numbered steps (the form of a CoT example, not of a correction).
+
+    Args:
+        prompt: the CoT prompt the tuned model will be sampled and evaluated with.
+    """
+    c = correction
+    target = format_solution(c.corrected_solution)
+    messages = build_cot_messages(c.question, prompt) + [{"role": "assistant", "content": target}]
+    return Example(id=stable_id("corrected_cot", c.path_id, target), kind="cot", messages=messages,
+                   source_ids=[c.problem_id, c.path_id])
 
 
 # ---------------------------------------------------------------- building the set
@@ -153,6 +169,7 @@ CANDIDATE_SCHEMA = pa.schema([
     ("lineage", pa.string()),  # the source ids joined: the last tie-break of a key's rows
     ("contaminated", pa.bool_()),
     ("rank", pa.uint64()),  # seeded hash of the id: caps keep the smallest
+    ("kind", pa.string()),  # the example's kind (a correction's may be cot: corrections_as)
     ("messages", pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))),
     ("source_ids", pa.list_(pa.string())),
     ("origin", pa.string()),  # "evolved" for corrections on evolved questions, else null
@@ -169,7 +186,7 @@ class Candidates:
     Args:
         source: "problems" (gold CoT), "sample" (sampled CoT from correct paths) or "correct"
             (verified corrections).
-        cfg: the data config (correction prompt, seed).
+        cfg: the data config (correction prompt, what corrections become, seed).
         contamination: the eval questions' n-grams.
         cot_prompt: the CoT prompt of CoT examples (the one the model is evaluated with).
         buckets: how many dedup hash buckets (the groups a dedup step sees whole).
@@ -208,20 +225,26 @@ class Candidates:
             ex = correction_example(c, self.cfg.correction_prompt)
         except ValueError:
             return self._counted(INCOMPLETE, c.path_id)
+        if self.cfg.corrections_as == "cot":  # deduplicated and ranked as the correction example
+            return self._candidate(CORRECTION, c.question, corrected_cot_example(c, self.cot_prompt), c.origin, ex)
         return self._candidate(CORRECTION, c.question, ex, c.origin)
 
-    def _candidate(self, cat: int, question: str, ex: Example, origin: str | None = None) -> dict[str, Any]:
-        key = _digest(_dedup_key(ex), 16)
+    def _candidate(self, cat: int, question: str, ex: Example, origin: str | None = None,
+                   stands_for: Example | None = None) -> dict[str, Any]:
+        """`stands_for`: the example whose dedup key and rank `ex` takes (default: its own), so a
+        corrected CoT example is kept or dropped exactly as its correction example would be."""
+        like = stands_for or ex
+        key = _digest(_dedup_key(like), 16)
         return {"bucket": int.from_bytes(key[:4], "big") % self.buckets, "key": key, "id": ex.id,
                 "cat": cat, "lineage": "\x1f".join(ex.source_ids), "contaminated": self.contamination(question),
-                "rank": seeded_hash(self.cfg.seed, "rank", ex.id),
+                "rank": seeded_hash(self.cfg.seed, "rank", like.id), "kind": ex.kind,
                 "messages": ex.messages, "source_ids": ex.source_ids, "origin": origin}
 
     def _counted(self, cat: int, record_id: str) -> dict[str, Any]:
         key = _digest(f"{cat}\x1f{record_id}", 16)  # never an example's key (no \x1e, no role)
         return {"bucket": int.from_bytes(key[:4], "big") % self.buckets, "key": key, "id": record_id,
-                "cat": cat, "lineage": record_id, "contaminated": False, "rank": 0, "messages": [], "source_ids": [],
-                "origin": None}
+                "cat": cat, "lineage": record_id, "contaminated": False, "rank": 0, "kind": None, "messages": [],
+                "source_ids": [], "origin": None}
 
 
 def dedup_bucket(batch: pa.Table) -> pa.Table:
@@ -323,10 +346,10 @@ def finalize_batch(batch: pa.Table, limits: dict[int, Limit], seed: int, eval_fr
             keep &= ~mask | _within(batch, limits.get(c, True))
     kept = batch.filter(pa.array(keep))
     order, held, lines = [], [], []
-    for row in kept.select(["id", "cat", "messages", "source_ids", "origin"]).to_pylist():
+    for row in kept.select(["id", "kind", "messages", "source_ids", "origin"]).to_pylist():
         problem = row["source_ids"][0] if row["source_ids"] else row["id"]
         is_held = held_out(problem, seed, eval_fraction)
-        ex = Example(id=row["id"], kind="correction" if row["cat"] == CORRECTION else "cot",
+        ex = Example(id=row["id"], kind=row["kind"],
                      messages=row["messages"], source_ids=row["source_ids"],
                      split="eval" if is_held else "train", origin=row["origin"])
         order.append(seeded_hash(seed, "order", ex.id))

@@ -10,8 +10,9 @@ figures, never rows. The passes (the per-batch steps are `lema.training_data`'s)
    groupby on the key's bucket keeps the smallest id of each key. The result is materialised in
    the object store (spilled to disk when large), not in the driver.
 2. figures: each batch's counts and per-category rank histograms, summed in the driver.
-3. caps (only when `max_cot` or `correction_ratio` cuts): the exact rank threshold of a cap is in
-   one histogram bucket; the rows of that bucket (about 1/4096 of the category) come back.
+3. caps (only when `max_cot`, `correction_ratio` or `max_examples` cuts): the exact rank threshold
+   of a cap is in one histogram bucket; the rows of that bucket (about 1/4096 of the category)
+   come back.
 4. the kept examples, each with its JSON line and split, sorted by a seeded hash of the id (a
    shuffle that is the same on every run); the driver writes the lines through two streams.
 
@@ -88,12 +89,13 @@ def build_data(
             (verified corrections; the evolved questions' ones carry `origin: evolved` into their
             examples, and evolved questions make no CoT examples); missing ones give nothing.
         eval_questions: questions of every eval set, for n-gram decontamination.
-        cfg: the data config (sources, ratio, cap, n-gram size, held-out fraction, seed).
+        cfg: the data config (sources, ratio, caps, what corrections become, n-gram size, held-out
+            fraction, seed).
         cot_prompt: the CoT prompt of CoT examples (the one the model is evaluated with).
     Returns:
         The manifest figures: cot_no_solution, correction_incomplete, duplicates_dropped,
-        contaminated_dropped, cot_dropped_by_cap (when capped), correction_dropped_by_ratio, cot,
-        correction, train, held_out.
+        contaminated_dropped, cot_dropped_by_cap (when capped), correction_dropped_by_ratio,
+        dropped_by_max_examples (when it cuts), cot, correction, train, held_out.
     """
     contamination = Contamination(eval_questions, cfg.decontaminate_ngram)
     sources = []
@@ -133,7 +135,14 @@ def build_data(
         keep = {GOLD: min(gold, cfg.max_cot), SAMPLED: max(0, cfg.max_cot - gold)}
     cot = keep[GOLD] + keep[SAMPLED]
     keep[CORRECTION] = fixes if cfg.correction_ratio is None else min(fixes, round(cfg.correction_ratio * cot))
-    stats.update(correction_dropped_by_ratio=fixes - keep[CORRECTION], cot=cot, correction=keep[CORRECTION])
+    stats["correction_dropped_by_ratio"] = fixes - keep[CORRECTION]
+    if cfg.max_examples is not None and cot + keep[CORRECTION] > cfg.max_examples:  # CoT goes first
+        stats["dropped_by_max_examples"] = cot + keep[CORRECTION] - cfg.max_examples
+        keep[CORRECTION] = min(keep[CORRECTION], cfg.max_examples)
+        room = cfg.max_examples - keep[CORRECTION]
+        keep = {GOLD: min(keep[GOLD], room), SAMPLED: min(keep[SAMPLED], max(0, room - keep[GOLD])),
+                CORRECTION: keep[CORRECTION]}  # gold first, then sampled, as max_cot keeps
+    stats.update(cot=keep[GOLD] + keep[SAMPLED], correction=keep[CORRECTION])
     limits = _limits(deduped, total, keep, {GOLD: gold, SAMPLED: sampled, CORRECTION: fixes})
 
     seed, fraction = cfg.seed, cfg.eval_fraction

@@ -12,6 +12,7 @@ import pytest
 
 from lema.config import DataConfig, load_config
 from lema.correction import ParsedCorrection, parse_correction
+from lema.prompts import build_cot_messages, format_solution
 from lema.records import Correction, Example, Path, Problem
 from lema.reference_corrector import reference_correction
 from lema.storage import Storage
@@ -238,6 +239,46 @@ def test_cot_cap_keeps_gold_first_then_sampled(build, world):
     capped = DataConfig(eval_fraction=0.0, cot_source="gold", max_cot=8, correction_ratio=0.5)
     _, _, stats, _ = build(problems, paths, corrections, [], capped)
     assert stats["cot"] == 8 and stats["cot_dropped_by_cap"] == 12 and stats["correction"] == 4
+
+
+def test_size_controls_corrections_as_cot_and_max_examples(build, world):
+    """The paper's data-size controls: CoT + corrections as CoT examples has LeMa's size exactly
+    (CoT-45K), and LeMa trimmed by max_examples has the CoT set's size (LeMa-32K)."""
+    problems, paths, corrections = world
+    for split in (dict(eval_fraction=0.25, seed=1, correction_ratio=0.5), dict(eval_fraction=0.0)):
+        lema_train, lema_held, lema, _ = build(problems, paths, corrections, [], DataConfig(**split))
+        train, held, stats, _ = build(problems, paths, corrections, [], DataConfig(**split, corrections_as="cot"))
+        assert (stats["train"], stats["held_out"], stats["cot"], stats["correction"]) == (
+            lema["train"], lema["held_out"], lema["cot"], lema["correction"])
+        assert all(e.kind == "cot" for e in train + held)
+        # the same corrections kept, on the same side of the split
+        for mine, theirs in ((train, lema_train), (held, lema_held)):
+            assert sorted(e.source_ids for e in mine if len(e.source_ids) == 2) == sorted(
+                e.source_ids for e in theirs if e.kind == "correction")
+    by_path = {c.path_id: c for c in corrections}
+    fixed = [e for e in train if len(e.source_ids) == 2]  # all held in (the last split: none held out)
+    assert len(fixed) == sum(c.verified for c in corrections) == 15
+    for e in fixed:
+        c = by_path[e.source_ids[1]]
+        assert e.messages == build_cot_messages(c.question, "cot") + [
+            {"role": "assistant", "content": format_solution(c.corrected_solution)}]
+    # a corrected solution that repeats its gold solution still counts: the size is LeMa's
+    gold = {e.source_ids[0]: e.messages for e in train if len(e.source_ids) == 1}
+    assert any(e.messages == gold[e.source_ids[0]] for e in fixed)
+
+    cot = build(problems, paths, corrections, [], DataConfig(eval_fraction=0.0, include_corrections=False))[2]
+    trimmed_cfg = DataConfig(eval_fraction=0.0, max_examples=cot["train"])
+    train, _, stats, _ = build(problems, paths, corrections, [], trimmed_cfg)
+    assert stats["train"] == len(train) == cot["train"] == 20
+    assert stats["correction"] == 15 and stats["cot"] == 5 and stats["dropped_by_max_examples"] == 15
+    assert sum(e.kind == "correction" for e in train) == 15
+    assert [e.id for e in build(problems, paths, corrections, [], trimmed_cfg)[0]] == [e.id for e in train]  # seeded
+    other = build(problems, paths, corrections, [], DataConfig(eval_fraction=0.0, max_examples=20, seed=3))[0]
+    assert {e.id for e in other if e.kind == "cot"} != {e.id for e in train if e.kind == "cot"}  # at random
+    _, _, stats, _ = build(problems, paths, corrections, [], DataConfig(eval_fraction=0.0, max_examples=10))
+    assert (stats["cot"], stats["correction"], stats["dropped_by_max_examples"]) == (0, 10, 25)
+    with pytest.raises(ValueError, match="corrections_as"):
+        DataConfig(corrections_as="both")
 
 
 def test_examples_take_the_evaluated_cot_prompt_and_the_paper_layout(build):
