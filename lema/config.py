@@ -409,6 +409,10 @@ class TrainConfig(StrictModel):
     nodes left idle by sampling: NVLink instead of the network for DDP); PACK for a job larger
     than a node."""
     cpus_per_worker: float = Field(1.0, json_schema_extra=OPERATIONAL)
+    accelerator_type: str | None = Field(None, json_schema_extra=OPERATIONAL)
+    """Only on nodes with this GPU (Ray Train's ScalingConfig accelerator_type: each worker asks
+    for a little of the resource `accelerator_type:<this>`, which the node type must offer, e.g.
+    A100-80G: cluster.yaml's gpu-8x). None: any GPU node."""
     max_failures: int = Field(2, json_schema_extra=OPERATIONAL)
     """Worker failures tolerated; training resumes from the last checkpoint."""
     merge: bool = False

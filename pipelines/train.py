@@ -272,6 +272,7 @@ def build_trainer(
         use_gpu=cfg.use_gpu,
         resources_per_worker={"CPU": cfg.cpus_per_worker},  # use_gpu adds GPU: 1
         placement_strategy=cfg.placement_strategy,
+        accelerator_type=cfg.accelerator_type,  # adds accelerator_type:<type> to each worker's resources
     )
     storage.mkdir()
     run = RunConfig(

@@ -53,21 +53,27 @@ def _cpus(quantity: str | int | float) -> float:
     return int(text[:-1]) / 1000 if text.endswith("m") else float(text)
 
 
-def _launcher_types(cluster: dict[str, Any]) -> dict[str, dict[str, float]]:
-    """cluster.yaml's worker types: {name: {cpu, gpu, min, max}}."""
+def _launcher_types(cluster: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """cluster.yaml's worker types: {name: {cpu, gpu, min, max, custom}}, custom the resources
+    beyond CPU and GPU (e.g. accelerator_type:A100-80G)."""
     return {name: {"cpu": t["resources"].get("CPU", 0), "gpu": t["resources"].get("GPU", 0),
-                   "min": t["min_workers"], "max": t["max_workers"]}
+                   "min": t["min_workers"], "max": t["max_workers"],
+                   "custom": {k: v for k, v in t["resources"].items() if k not in ("CPU", "GPU")}}
             for name, t in cluster["available_node_types"].items() if name != cluster["head_node_type"]}
 
 
-def _k8s_groups(spec: dict[str, Any]) -> dict[str, dict[str, float]]:
-    """A RayCluster spec's worker groups, in the same shape."""
+def _k8s_groups(spec: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """A RayCluster spec's worker groups, in the same shape (custom resources read from
+    rayStartParams as KubeRay's autoscaler reads them)."""
+    from ray.autoscaler._private.kuberay.autoscaling_config import _get_custom_resources
+
     out = {}
     for group in spec["workerGroupSpecs"]:
         (container,) = group["template"]["spec"]["containers"]
         limits = container["resources"]["limits"]
         out[group["groupName"]] = {"cpu": _cpus(limits["cpu"]), "gpu": int(limits.get("nvidia.com/gpu", 0)),
-                                   "min": group["minReplicas"], "max": group["maxReplicas"]}
+                                   "min": group["minReplicas"], "max": group["maxReplicas"],
+                                   "custom": _get_custom_resources({}, group["rayStartParams"], group["groupName"])}
     return out
 
 
@@ -141,6 +147,7 @@ def test_raycluster_matches_cluster_yaml(cluster, manifests):
     for name, group in k8s.items():
         want = launcher[name]
         assert (group["gpu"], group["min"], group["max"]) == (want["gpu"], want["min"], want["max"]), name
+        assert group["custom"] == want["custom"], name  # e.g. accelerator_type:A100-80G
         assert 0.8 * want["cpu"] <= group["cpu"] <= want["cpu"], name  # a pod gets a little under its node
     assert all(g["replicas"] == 0 for g in spec["workerGroupSpecs"])
 
@@ -172,12 +179,12 @@ def _pod_specs(doc: Any) -> list[dict[str, Any]]:
 SECRET_ENV = {"OPENAI_API_KEY": "openai-api-key", "HF_TOKEN": "hf-token"}  # env var: its key in the Secret
 
 
-def test_every_ray_container_has_the_keys_from_a_secret_and_hf_home_on_the_shared_volume(manifests):
+def test_every_ray_container_has_the_keys_from_a_secret_and_hf_home_on_the_shared_volume(cluster, manifests):
     claim = manifests["PersistentVolumeClaim"]["metadata"]["name"]
     secrets = set()
     for kind in ("RayCluster", "RayJob", "RayService"):
         specs = _pod_specs(manifests[kind])
-        assert len(specs) == 4, kind  # the head and three worker groups
+        assert len(specs) == len(cluster["available_node_types"]), kind  # the head and each worker group
         for spec in specs:
             claims = {v["name"]: v["persistentVolumeClaim"]["claimName"]
                       for v in spec.get("volumes", []) if "persistentVolumeClaim" in v}
@@ -240,12 +247,15 @@ def _pools(cfg: LemaConfig) -> list[tuple[str, PoolConfig]]:
     return pools + ([("correct", cfg.correct.pool)] if cfg.correct.corrector == "llm" else [])
 
 
-def _capacity(types: dict[str, dict[str, float]], cpu: float, gpu: float) -> int:
+def _capacity(types: dict[str, dict[str, Any]], cpu: float, gpu: float, accelerator: str | None = None) -> int:
     """How many bundles of (cpu, gpu) the worker types hold at their max: GPU bundles on GPU
-    types, CPU-only bundles on CPU types (the autoscaler keeps CPU work off GPU nodes)."""
+    types, CPU-only bundles on CPU types (the autoscaler keeps CPU work off GPU nodes); with an
+    accelerator type, only on the types that offer `accelerator_type:<it>`."""
     total = 0
     for t in types.values():
         if bool(gpu) != bool(t["gpu"]):
+            continue
+        if accelerator and not t["custom"].get(f"accelerator_type:{accelerator}"):
             continue
         per_node = min(t["cpu"] // cpu if cpu else math.inf, t["gpu"] // gpu if gpu else math.inf)
         total += t["max"] * int(per_node)
@@ -270,7 +280,7 @@ def test_gpu_config_fits_the_cluster(name, cluster, manifests):
             assert _capacity(types, pool.num_cpus, pool.num_gpus) >= pool.max_actors, f"{name} {stage} on {where}"
     if cfg.train.use_gpu:
         for where, types in targets.items():
-            fits = _capacity(types, cfg.train.cpus_per_worker, 1)
+            fits = _capacity(types, cfg.train.cpus_per_worker, 1, cfg.train.accelerator_type)
             assert fits >= cfg.train.num_workers, f"{name} train on {where}"
 
 
