@@ -165,7 +165,7 @@ def summarize(runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
 
     def protocol(run_of: dict[str, str]) -> dict[str, Any]:
         """The arms' scores, differences, steps and training examples; `run_of`: arm -> its run."""
-        verdicts = {arm: runs[r]["verdicts"]["adapter"] for arm, r in run_of.items()}
+        verdicts = {arm: runs[r]["verdicts"]["tuned"] for arm, r in run_of.items()}
         return {"arms": {"base": score(base), **{arm: score(v) for arm, v in verdicts.items()}},
                 **{f"{b}_minus_{a}": paired(verdicts[a], verdicts[b]) for b, a in DIFFS},
                 "steps": {arm: runs[r]["manifests"]["train"]["steps"] for arm, r in run_of.items()},
@@ -178,10 +178,10 @@ def summarize(runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
     steps = protocol({"cot": "cot", "lema": "lema-equal-steps", "cot_corrected": "cot_corrected-equal-steps",
                       "lema_trimmed": "lema_trimmed-equal-steps" if "lema_trimmed-equal-steps" in runs
                       else "lema_trimmed"})
-    lema_verdicts = runs["lema"]["verdicts"]["adapter"]
+    lema_verdicts = runs["lema"]["verdicts"]["tuned"]
     evolution: dict[str, Any] = {}  # the evolution arms' headline figures
     for name in (n for n in EVOLVE_ARMS if n in runs):
-        verdicts, m = runs[name]["verdicts"]["adapter"], runs[name]["manifests"]
+        verdicts, m = runs[name]["verdicts"]["tuned"], runs[name]["manifests"]
         epochs["arms"][name] = score(verdicts)
         epochs[f"{name}_minus_lema"] = paired(lema_verdicts, verdicts)
         epochs["steps"][name] = m["train"]["steps"]
@@ -197,13 +197,13 @@ def summarize(runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
                           f"{name}_minus_lema_ci95": epochs[f"{name}_minus_lema"]["ci95"],
                           f"corrections_added_{name}": m["evolve_correct"].get("verified", 0)})
     if all(n in runs for n in EVOLVE_ARMS):
-        epochs["lema_evolve_cc_minus_general"] = paired(runs["lema_evolve_general"]["verdicts"]["adapter"],
-                                                        runs["lema_evolve_cc"]["verdicts"]["adapter"])
+        epochs["lema_evolve_cc_minus_general"] = paired(runs["lema_evolve_general"]["verdicts"]["tuned"],
+                                                        runs["lema_evolve_cc"]["verdicts"]["tuned"])
     corr = runs["lema"]["manifests"]["correct"]
     out = {
         "protocol": "equal_epochs",
         "pass1_base": epochs["arms"]["base"]["pass1"],
-        "pass1_start": score(runs["start"]["verdicts"]["adapter"])["pass1"] if "start" in runs else None,
+        "pass1_start": score(runs["start"]["verdicts"]["tuned"])["pass1"] if "start" in runs else None,
         "pass1_cot": epochs["arms"]["cot"]["pass1"],
         "pass1_lema": epochs["arms"]["lema"]["pass1"],
         "pass1_cot_corrected": epochs["arms"]["cot_corrected"]["pass1"],

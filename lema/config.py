@@ -335,15 +335,6 @@ class DataConfig(StrictModel):
     question answered by its corrected solution, the CoT prompt and format (the paper's CoT-45K
     control: LeMa's size by construction, as the same corrections are kept, deduplicated and
     split alike)."""
-    max_examples: int | None = Field(None, ge=1)
-    """Keep at most N examples in all (before the held-out split), by dropping CoT examples as
-    max_cot does (corrections too only if they alone exceed N): LeMa's data trimmed to the CoT
-    set's size, the paper's LeMa-32K control. Applied after max_cot and correction_ratio."""
-    corrections_as: Literal["correction", "cot"] = "correction"
-    """What a verified correction becomes: a correction example (LeMa), or a CoT example of its
-    question answered by its corrected solution, the CoT prompt and format (the paper's CoT-45K
-    control: LeMa's size by construction, as the same corrections are kept, deduplicated and
-    split alike)."""
     correction_prompt: str = "zero_shot"
     """The corrector prompt whose instructions and layout correction examples take, without its
     few-shot examples: zero_shot (ours), paper (the LeMa paper's), or a prompt file."""

@@ -15,7 +15,7 @@ _SPEC.loader.exec_module(lema_effect)
 
 
 def _run(solved: set[int], train: int, steps: int, fixes: int = 0, base: bool = False) -> dict:
-    verdicts = {"adapter": {f"p{i}": i in solved for i in range(10)}}
+    verdicts = {"tuned": {f"p{i}": i in solved for i in range(10)}}
     if base:
         verdicts["base"] = {f"p{i}": False for i in range(10)}
     manifests = {"data": {"train": train, "cot": train - fixes, "correction": fixes}, "train": {"steps": steps},
