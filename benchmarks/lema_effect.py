@@ -56,6 +56,7 @@ sys.path.insert(0, str(ROOT))
 from lema.config import LemaConfig, load_config  # noqa: E402
 from lema.metrics import paired_difference, wilson_interval  # noqa: E402
 from lema.storage import Storage  # noqa: E402
+from pipelines.evaluate import DEV  # noqa: E402
 from pipelines.lema import STAGE_NAMES, main_pipeline  # noqa: E402
 from pipelines.report import save_png  # noqa: E402
 from pipelines.stage_io import StageDir  # noqa: E402
@@ -105,35 +106,52 @@ def run_arm(cfg: LemaConfig) -> dict[str, Any]:
     run_dir = Storage(cfg.output_dir).join(cfg.run)
     manifests = {s: StageDir(run_dir, s).manifest() or {} for s in STAGE_NAMES}
     verdicts: dict[str, dict[str, bool]] = {}
-    for row in StageDir(run_dir, "evaluate").read_rows():
-        variant = row["generator"].rsplit("+", 1)[-1]
-        verdicts.setdefault(variant, {})[row["problem_id"]] = bool(row["correct"])
-    return {"run": cfg.run, "verdicts": verdicts, "manifests": manifests,
+    evaluate = StageDir(run_dir, "evaluate")
+    for part in sorted(p for p in evaluate.done_parts() if not p.startswith(f"{DEV}--")):  # test sets only
+        for row in evaluate.read_part(part):
+            variant = row["generator"].rsplit("+", 1)[-1]
+            verdicts.setdefault(variant, {})[row["problem_id"]] = bool(row["correct"])
+    # the arm's score: the checkpoint chosen on the dev split when there are several (train.checkpoints)
+    selection = manifests["evaluate"].get("selection") or []
+    step = selection[0]["dev_selected"]["step"] if selection else None
+    chosen = "tuned" if step in (None, manifests["train"].get("steps")) else f"step_{step:06d}"
+    verdicts["selected"] = verdicts.get(chosen, {})
+    return {"run": cfg.run, "verdicts": verdicts, "manifests": manifests, "selected_step": step,
             "wall_s": {s: m.get("wall_s") for s, m in manifests.items()}, "total_s": time.perf_counter() - t0}
 
 
 def experiment(base: dict[str, Any], prefix: str, start_steps: int, epochs: float,
-               evolve: dict[str, Any] | None = None, evolve_seeds: int | None = None) -> dict[str, Any]:
-    """All arms, both protocols; returns every run's results by name. `evolve`: the evolution
-    arms' evolve settings beside strategy and seeds (None: no evolution arms)."""
+               evolve: dict[str, Any] | None = None, evolve_seeds: int | None = None,
+               method: str = "lora", full_lr: float = 5e-5, equal_steps: bool = True) -> dict[str, Any]:
+    """All arms, both protocols (`equal_steps` False: equal epochs only); returns every run's
+    results by arm name. `evolve`: the evolution arms' evolve settings beside strategy and seeds
+    (None: no evolution arms). `method` full: every arm fine-tunes all weights (at `full_lr`) of
+    the start model (the start adapter merged into the base), run names <prefix>-full-<arm>; the
+    start, the sampled mistakes, their corrections and the data are the LoRA arms' (taken over)."""
     runs: dict[str, dict[str, Any]] = {}
     generators = base["sample"]["generators"]
     arm_train: dict[str, Any] = {"epochs": epochs, "max_steps": None}
     if start_steps:
         start = derive(base, f"{prefix}-start", sample={"generators": []},
                        data={"include_corrections": False},
-                       train={"max_steps": start_steps}, evaluate={"base": True})
+                       train={"max_steps": start_steps, "merge": True, "checkpoints": 0}, evaluate={"base": True})
         runs["start"] = run_arm(start)
         adapter = runs["start"]["manifests"]["train"]["adapter_dir"]
         generators = [{**g, "engine": {**g["engine"], "adapter": adapter}} for g in generators]
         arm_train["init_adapter"] = adapter
+    if method == "full":
+        start_model = runs["start"]["manifests"]["train"]["merged_dir"] if start_steps else base["train"]["base_model"]
+        arm_train.update({"method": "full", "base_model": start_model, "init_adapter": None, "merge": False,
+                          "learning_rate": full_lr})
     sample = {"generators": generators}
-    first = f"{prefix}-lema"
+    runs_named = f"{prefix}-full" if method == "full" else prefix
+    firsts = [f"{prefix}-lema", f"{prefix}-full-lema"]  # whichever ran first holds the mistakes
 
     def arm(name: str, data: dict[str, Any], train: dict[str, Any], with_base: bool = False,
             evolution: dict[str, Any] | None = None) -> None:
-        cfg = derive(base, f"{prefix}-{name}", sample=sample, data=data, train={**arm_train, **train},
-                     evaluate={"base": with_base}, reuse=[first] if name != "lema" else [],
+        run = f"{runs_named}-{name}"
+        cfg = derive(base, run, sample=sample, data=data, train={**arm_train, **train},
+                     evaluate={"base": with_base}, reuse=[r for r in firsts if r != run],
                      evolve=evolution or {"enabled": False})
         runs[name] = run_arm(cfg)
 
@@ -146,10 +164,11 @@ def experiment(base: dict[str, Any], prefix: str, start_steps: int, epochs: floa
     arm("cot_corrected", corrected, {})
     arm("lema_trimmed", trimmed, {})
     steps = runs["cot"]["manifests"]["train"]["steps"]  # equal steps: (a)'s count for every arm
-    arm("lema-equal-steps", {"include_corrections": True}, {"max_steps": steps})
-    arm("cot_corrected-equal-steps", corrected, {"max_steps": steps})
-    if runs["lema_trimmed"]["manifests"]["train"]["steps"] != steps:  # else its run serves both protocols
-        arm("lema_trimmed-equal-steps", trimmed, {"max_steps": steps})
+    if equal_steps:
+        arm("lema-equal-steps", {"include_corrections": True}, {"max_steps": steps})
+        arm("cot_corrected-equal-steps", corrected, {"max_steps": steps})
+        if runs["lema_trimmed"]["manifests"]["train"]["steps"] != steps:  # else its run serves both protocols
+            arm("lema_trimmed-equal-steps", trimmed, {"max_steps": steps})
     if evolve is not None:
         seeds = evolve_seeds or max(1, lema_data["correction"])
         for name, strategy in EVOLVE_ARMS.items():
@@ -165,23 +184,25 @@ def summarize(runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
 
     def protocol(run_of: dict[str, str]) -> dict[str, Any]:
         """The arms' scores, differences, steps and training examples; `run_of`: arm -> its run."""
-        verdicts = {arm: runs[r]["verdicts"]["tuned"] for arm, r in run_of.items()}
+        verdicts = {arm: runs[r]["verdicts"]["selected"] for arm, r in run_of.items()}
         return {"arms": {"base": score(base), **{arm: score(v) for arm, v in verdicts.items()}},
                 **{f"{b}_minus_{a}": paired(verdicts[a], verdicts[b]) for b, a in DIFFS},
                 "steps": {arm: runs[r]["manifests"]["train"]["steps"] for arm, r in run_of.items()},
                 "examples": {arm: runs[r]["manifests"]["data"]["train"] for arm, r in run_of.items()},
                 "mix": {arm: {k: runs[r]["manifests"]["data"][k] for k in ("cot", "correction")}
                         for arm, r in run_of.items()},  # before the held-out split
+                "selected_step": {arm: runs[r]["selected_step"] for arm, r in run_of.items()},
+                "pass1_last": {arm: score(runs[r]["verdicts"]["tuned"])["pass1"] for arm, r in run_of.items()},
                 "runs": run_of}
 
     epochs = protocol({arm: arm for arm in ARMS})
     steps = protocol({"cot": "cot", "lema": "lema-equal-steps", "cot_corrected": "cot_corrected-equal-steps",
                       "lema_trimmed": "lema_trimmed-equal-steps" if "lema_trimmed-equal-steps" in runs
-                      else "lema_trimmed"})
-    lema_verdicts = runs["lema"]["verdicts"]["tuned"]
+                      else "lema_trimmed"}) if "lema-equal-steps" in runs else None
+    lema_verdicts = runs["lema"]["verdicts"]["selected"]
     evolution: dict[str, Any] = {}  # the evolution arms' headline figures
     for name in (n for n in EVOLVE_ARMS if n in runs):
-        verdicts, m = runs[name]["verdicts"]["tuned"], runs[name]["manifests"]
+        verdicts, m = runs[name]["verdicts"]["selected"], runs[name]["manifests"]
         epochs["arms"][name] = score(verdicts)
         epochs[f"{name}_minus_lema"] = paired(lema_verdicts, verdicts)
         epochs["steps"][name] = m["train"]["steps"]
@@ -197,8 +218,8 @@ def summarize(runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
                           f"{name}_minus_lema_ci95": epochs[f"{name}_minus_lema"]["ci95"],
                           f"corrections_added_{name}": m["evolve_correct"].get("verified", 0)})
     if all(n in runs for n in EVOLVE_ARMS):
-        epochs["lema_evolve_cc_minus_general"] = paired(runs["lema_evolve_general"]["verdicts"]["tuned"],
-                                                        runs["lema_evolve_cc"]["verdicts"]["tuned"])
+        epochs["lema_evolve_cc_minus_general"] = paired(runs["lema_evolve_general"]["verdicts"]["selected"],
+                                                        runs["lema_evolve_cc"]["verdicts"]["selected"])
     corr = runs["lema"]["manifests"]["correct"]
     out = {
         "protocol": "equal_epochs",
@@ -238,7 +259,12 @@ def write_report(result: dict[str, Any], where: Storage) -> str:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    how = {"full": "full fine-tuning of the start model (the start adapter merged)",
+           "lora": "LoRA continuing from the start adapter"}[result.get("method", "lora")]
     lines = ["# The LeMa effect", "",
+             f"Every arm: {how}" + (f"; each scored at the checkpoint chosen on the dev split (steps "
+                                     f"{result['equal_epochs']['selected_step']})"
+                                     if any(result["equal_epochs"]["selected_step"].values()) else "") + ".", "",
              f"{result['n_test']} held-out test problems, the same for every arm; "
              f"{result['n_corrections']} verified corrections (of {result['inaccurate_paths']} inaccurate paths).", "",
              "The size controls (the paper's Fig. 4): cot_corrected is cot plus the same corrections' corrected "
@@ -249,6 +275,9 @@ def write_report(result: dict[str, Any], where: Storage) -> str:
     protocols = (("equal_epochs", "equal epochs (the paper's)"), ("equal_steps", "equal steps"))
     for ax, (key, title) in zip(axes, protocols):
         p = result[key]
+        if p is None:
+            lines += [f"## {title}", "", "Not run (--no-equal-steps).", ""]
+            continue
         lines += [f"## {title}", "", "| arm | examples | steps | pass@1 | 95% interval |", "|---|---|---|---|---|"]
         names = ["base", *ARMS, *(a for a in EVOLVE_ARMS if a in p["arms"])]
         for arm in names:
@@ -312,31 +341,59 @@ def main() -> None:
     parser.add_argument("--evolve-seeds", type=int, default=None,
                         help="seeds of each evolution arm (default: the lema arm's verified corrections)")
     parser.add_argument("--no-evolve", action="store_true", help="leave out the evolution arms")
+    parser.add_argument("--no-equal-steps", action="store_true", help="the equal-epochs protocol only")
+    parser.add_argument("--method", choices=["lora", "full", "both"], default="lora",
+                        help="how the arms fine-tune: LoRA from the start adapter, every weight of the start "
+                             "model, or both on the same mistakes (full's report: <prefix>-full-report)")
+    parser.add_argument("--full-lr", type=float, default=5e-5, help="learning rate of full fine-tuning")
+    parser.add_argument("--checkpoints", type=int, default=0,
+                        help="N snapshots per arm, the arm scored at the one chosen on a dev split of held-out "
+                             "training problems (data.eval_fraction, 0.2 when the config has none)")
     args = parser.parse_args()
     overrides = (QUICK if args.quick else []) + args.overrides
+    if args.checkpoints:
+        overrides += [f"train.checkpoints={args.checkpoints}"]
+        if not load_config(args.config or CPU_CONFIG, overrides).data.eval_fraction:
+            overrides += ["data.eval_fraction=0.2"]
     base = load_config(args.config or CPU_CONFIG, overrides).model_dump(mode="json")
     default_start = 0 if args.config else 4 if args.quick else 60
     start_steps = default_start if args.start_steps is None else args.start_steps
     t0 = time.perf_counter()
     # synthetic problems: the reference evolver (exact labels); a given config evolves as it says
     evolve = None if args.no_evolve else {} if args.config else {"evolver": "reference"}
-    where = Storage(base["output_dir"]).join(f"{args.prefix}-report")
-    # one MLflow run for the experiment, the arms' runs nested in it (pipelines/tracking.py)
-    with Tracker(LemaConfig.model_validate({**base, "run": args.prefix}), where) as parent:
-        tracking = {**base["tracking"], "parent_run": parent.run_id, "enabled": parent.run_id is not None}
-        runs = experiment({**base, "tracking": tracking}, args.prefix, start_steps, args.epochs, evolve,
-                          args.evolve_seeds)
-        result = summarize(runs)
-        result["total_s"] = round(time.perf_counter() - t0, 1)
-        report = write_report(result, where)
-        parent.log_metrics(result)  # arms' pass@1 and intervals, paired differences, McNemar p
-        parent.log_report(report)
-    headline = {k: v for k, v in result.items() if k not in ("equal_epochs", "equal_steps", "wall_s")}
-    print(f"report: {report}")
+    results = {}
+    for method in (["lora", "full"] if args.method == "both" else [args.method]):
+        named = f"{args.prefix}-full" if method == "full" else args.prefix
+        where = Storage(base["output_dir"]).join(f"{named}-report")
+        # one MLflow run for the experiment, the arms' runs nested in it (pipelines/tracking.py)
+        with Tracker(LemaConfig.model_validate({**base, "run": named}), where) as parent:
+            tracking = {**base["tracking"], "parent_run": parent.run_id, "enabled": parent.run_id is not None}
+            runs = experiment({**base, "tracking": tracking}, args.prefix, start_steps, args.epochs,
+                              evolve if method == "lora" else None, args.evolve_seeds, method, args.full_lr,
+                              not args.no_equal_steps)
+            result = summarize(runs)
+            result["method"] = method
+            result["total_s"] = round(time.perf_counter() - t0, 1)
+            report = write_report(result, where)
+            parent.log_metrics(result)  # arms' pass@1 and intervals, paired differences, McNemar p
+            parent.log_report(report)
+        print(f"report: {report}")
+        results[method] = headline(result)
+    first, *rest = results.values()
+    print(json.dumps({**first, **{f"{m}": h for m, h in list(results.items())[1:]}} if rest else first))
+
+
+def headline(result: dict[str, Any]) -> dict[str, Any]:
+    """The figures of the last line: the equal-epochs protocol's, and equal steps' in short."""
+    out = {k: v for k, v in result.items() if k not in ("equal_epochs", "equal_steps", "wall_s")}
+    out["selected_step"] = result["equal_epochs"]["selected_step"]
+    out["pass1_last"] = result["equal_epochs"]["pass1_last"]
     equal_steps = result["equal_steps"]
-    print(json.dumps({**headline, "equal_steps": {
-        **{f"pass1_{arm}": equal_steps["arms"][arm]["pass1"] for arm in ARMS if arm != "cot"},
-        **headline_diffs(equal_steps), "examples": equal_steps["examples"], "steps": equal_steps["steps"]}}))
+    if equal_steps is not None:
+        out["equal_steps"] = {**{f"pass1_{arm}": equal_steps["arms"][arm]["pass1"] for arm in ARMS if arm != "cot"},
+                              **headline_diffs(equal_steps), "examples": equal_steps["examples"],
+                              "steps": equal_steps["steps"]}
+    return out
 
 
 if __name__ == "__main__":

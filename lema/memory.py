@@ -54,9 +54,8 @@ On top, the model's state:
     prefetched, that layer's bf16 gradients and the fp32 reduce-scatter input of the layer before
     it, still in flight (10 B per parameter of a layer); the root unit (embeddings, final norm,
     lm_head) gathered in bf16 from the forward to the end of the backward (FSDP2 does not reshard
-    the root after forward) with the lm_head's bf16 gradient (2 B). With grad_accum > 1 FSDP2
-    also keeps every parameter's unsharded fp32 gradient across the micro-batches that skip the
-    reduce-scatter (lema.sft.train_step syncs on the last only): 4 B/param, not divided by W.
+    the root after forward) with the lm_head's bf16 gradient (2 B). With grad_accum > 1 every
+    micro-batch reduce-scatters (lema.sft.train_step), so gradients accumulate sharded.
 
 The parts are summed as if all live at once: an upper bound, as gradients grow while activations
 are freed in the backward pass. Sequences are taken at max_seq_len (the collator pads to the
@@ -215,8 +214,6 @@ def estimate_train_memory(train: TrainConfig, model: str) -> MemoryEstimate:
         if train.parallelism == "fsdp":
             shards = train.num_workers
             weights, trainable = 4 * shape.params // shards, 12 * shape.params // shards
-            if train.grad_accum > 1:  # unsharded fp32 gradients kept across no-sync micro-batches
-                trainable += 4 * shape.params
             gathered = 10 * shape.layer_params + 2 * shape.root_params + 2 * v * h
         else:
             weights, trainable = 4 * shape.params, (12 + buckets) * shape.params

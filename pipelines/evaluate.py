@@ -19,7 +19,6 @@ from pipelines.pool import Timer, list_chunks
 from pipelines.sample import sample_chunks
 from pipelines.stage_io import RunContext, StageDir
 
-
 DEV = "dev"  # the dev split's label: training problems held out of training (checkpoint selection)
 
 

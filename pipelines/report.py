@@ -197,7 +197,8 @@ def write_report(run_dir: Storage, stages: list[str]) -> str:
         steps = {v: (train.get("steps", 0) if v == "tuned" else int(v[len("step_"):])) for v in rows}
         order = sorted(rows, key=steps.get)
         fig, ax = plt.subplots(figsize=(6, 3.2))
-        ax.plot([steps[v] for v in order], [rows[v]["pass_at_1"] for v in order], "o-", label=f"{sel['dataset']} (test)")
+        ax.plot([steps[v] for v in order], [rows[v]["pass_at_1"] for v in order], "o-",
+                label=f"{sel['dataset']} (test)")
         ax.plot([steps[v] for v in order if v in dev], [dev[v]["pass_at_1"] for v in order if v in dev], "s--",
                 label="dev (training problems held out)")
         ax.axvline(d["step"], color="grey", linestyle=":", label="chosen on dev")

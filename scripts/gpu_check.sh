@@ -18,7 +18,7 @@ BUDGET_S=${GPU_CHECK_BUDGET_S:-530}   # the whole check; each step gets what is 
 LOG_DIR=${OUT:-$(mktemp -d -t lema-gpu-check-XXXX)}
 mkdir -p "$LOG_DIR"
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
-TESTS="tests/test_engine_vllm.py tests/test_vllm_lora.py tests/test_qlora.py tests/test_service_vllm.py"
+TESTS="tests/test_engine_vllm.py tests/test_vllm_lora.py tests/test_qlora.py tests/test_train_full.py tests/test_service_vllm.py"
 
 left() { local s=$((BUDGET_S - ($(date +%s) - START))); echo $((s > 1 ? s : 1)); }
 step() {  # step NAME CMD...: run with the time left, log to $LOG_DIR/NAME.log, record rc and seconds

@@ -110,3 +110,20 @@ def qlora_result(ray_cluster, tmp_path_factory):
         eval_every=3, checkpoint_every=3, num_workers=1 if gpu else 2, use_gpu=gpu, merge=True,
     )
     return run_training(examples, cfg, str(tmp_path_factory.mktemp("qlora")), "qlora")
+
+
+FULL_COMMON = {"method": "full", "max_steps": 4, "grad_accum": 2, "learning_rate": 1e-2, "eval_every": 4,
+               "checkpoint_every": 2, "checkpoints": 2, "max_failures": 0}
+
+
+@pytest.fixture(scope="session")
+def full_result(ray_cluster, tiny_model, tmp_path_factory):
+    """A full fine-tune of the tiny model, 4 steps on one Ray Train worker (a GPU when there is
+    one: fp32 master weights, bf16 autocast, the model saved in bf16), 2 snapshots."""
+    import torch
+    from test_train import _config, _uneven_examples
+
+    from pipelines.train import run_training
+
+    cfg = _config(tiny_model, batch_size=4, use_gpu=torch.cuda.is_available(), **FULL_COMMON)
+    return run_training(_uneven_examples(32), cfg, str(tmp_path_factory.mktemp("full")), "one")

@@ -109,6 +109,7 @@ def _evolver_reply(messages: list[dict]) -> str:
     return next(f"Step 1: work it out.\nThe answer is {answer}." for q, answer in NEW if q in text)
 
 
+@pytest.mark.slow  # a model load in a Ray task (about a minute): make slow_test
 def test_llm_evolver_runs_in_a_ray_task_against_an_api(ray_cluster, tmp_path):
     from tests.fakes import FakeBehaviour, FakeOpenAIServer
 

@@ -16,11 +16,13 @@ _SPEC.loader.exec_module(lema_effect)
 
 def _run(solved: set[int], train: int, steps: int, fixes: int = 0, base: bool = False) -> dict:
     verdicts = {"tuned": {f"p{i}": i in solved for i in range(10)}}
+    verdicts["selected"] = verdicts["tuned"]  # no checkpoint selection: the last checkpoint
     if base:
         verdicts["base"] = {f"p{i}": False for i in range(10)}
     manifests = {"data": {"train": train, "cot": train - fixes, "correction": fixes}, "train": {"steps": steps},
                  "correct": {"attempted": 12}}
-    return {"verdicts": verdicts, "manifests": manifests, "wall_s": {"train": 1.0}, "total_s": 2.0}
+    return {"verdicts": verdicts, "manifests": manifests, "wall_s": {"train": 1.0}, "total_s": 2.0,
+            "selected_step": None}
 
 
 def test_summary_counts_every_arm_and_the_size_controls(tmp_path):

@@ -102,6 +102,7 @@ def test_resume_continues_the_same_run(smoke_run):
     assert len(store.get_metric_history(run.info.run_id, "train/train_loss")) == 4  # not logged twice
 
 
+@pytest.mark.slow  # the evaluate stage again: make slow_test
 def test_from_logs_the_redone_stages_again_with_a_note(smoke_run):
     main_pipeline(smoke(smoke_run), from_stage="evaluate")
     found = runs(smoke_run, "smoke")

@@ -133,6 +133,7 @@ def test_two_workers_follow_one_worker(ray_cluster, tiny_model, tmp_path: Path):
     assert max(abs(x - y) for x, y in zip(a, b)) < 2e-4, (a, b)
 
 
+@pytest.mark.slow  # one more fit: make slow_test
 def test_training_continues_from_an_adapter(trained: TrainResult, tiny_model, tmp_path: Path):
     """init_adapter: the first step starts where the saved adapter left off, not from scratch."""
     cont = run_training(_examples(), _config(tiny_model, max_steps=2, init_adapter=trained.adapter_dir),

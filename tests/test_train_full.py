@@ -11,20 +11,17 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import FULL_COMMON as COMMON
 from test_train import _config, _uneven_examples
 
 from lema.config import ConfigError, load_config
 from lema.models import load_model_and_tokenizer
 from pipelines.train import TrainResult, run_training
 
-COMMON = {"method": "full", "max_steps": 4, "grad_accum": 2, "learning_rate": 1e-2, "eval_every": 4,
-          "checkpoint_every": 2, "checkpoints": 2, "max_failures": 0}
-
 
 @pytest.fixture(scope="module")
-def one(ray_cluster, tiny_model, tmp_path_factory) -> TrainResult:
-    return run_training(_uneven_examples(32), _config(tiny_model, batch_size=4, **COMMON),
-                        str(tmp_path_factory.mktemp("full")), "one")
+def one(full_result) -> TrainResult:
+    return full_result
 
 
 @pytest.fixture(scope="module")

@@ -54,3 +54,16 @@ def test_vllm_serves_the_qlora_adapter_as_transformers_does(qlora_result):
     assert served == expected
     assert all(a != b for a, b in zip(served, base))
     assert served[0].startswith(QLORA_TARGET[:8])  # what every training example said
+
+
+def test_vllm_serves_a_full_fine_tune_as_transformers_does(full_result, tiny_model):
+    """The model directory of `train.method: full` loads in vLLM like a hub model: its greedy
+    outputs equal the transformers engine's on the same directory, and differ from the base's."""
+    prompts = [chat("What is 3 plus 4?"), chat("What is 1 plus 2?")]
+    served = greedy_texts(vllm_engine(model=full_result.model_dir), prompts, max_tokens=8)
+    expected = greedy_texts(EngineConfig(backend="transformers", model=full_result.model_dir, device="cpu",
+                                         dtype="float32"), prompts, max_tokens=8)
+    base = greedy_texts(EngineConfig(backend="transformers", model=tiny_model, device="cpu", dtype="float32"),
+                        prompts, max_tokens=8)
+    assert served == expected
+    assert served != base
