@@ -216,3 +216,24 @@ def test_relative_local_paths_become_absolute(tmp_path, monkeypatch):
     assert cfg.train.init_adapter == str(tmp_path / "runs" / "start" / "adapter")
     assert cfg.output_dir == str(tmp_path / "runs")
     assert cfg.sample.generators[0].engine.model == "org/hub-model"  # not a local path: a hub id stays
+
+
+@pytest.mark.slow  # a smoke run (about 2.5 min): make slow_test
+def test_full_fine_tuning_with_checkpoint_selection_end_to_end(ray_cluster, tmp_path):
+    """`train.method=full train.checkpoints=2` on the smoke config: the tuned model directory is
+    evaluated, both snapshots are scored on the test set and on the dev split of held-out training
+    problems, and results.json holds the dev-selected and the paper-protocol figures side by side."""
+    cfg = load_config(SMOKE, [f"output_dir={tmp_path}", "train.method=full", "train.checkpoints=2"])
+    main_pipeline(cfg)
+    run = tmp_path / "smoke"
+    train = json.loads((run / "train" / "manifest.json").read_text())
+    assert train["method"] == "full" and (Path(train["model_dir"]) / "config.json").is_file()
+    assert [s["step"] for s in train["snapshots"]] == [2, 4]
+    results = json.loads((run / "evaluate" / "results.json").read_text())
+    rows = {(r["dataset"], r["variant"]) for r in results["results"]}
+    assert rows == {("synthetic-test", "base"), ("synthetic-test", "tuned"), ("synthetic-test", "step_000002"),
+                    ("dev", "tuned"), ("dev", "step_000002")}
+    (sel,) = results["selection"]
+    assert sel["steps"] == [2, 4] and {"dev_selected", "paper_best_on_test", "paper_top3_mean_on_test"} <= set(sel)
+    tuned = next(r for r in results["results"] if r["variant"] == "tuned" and r["dataset"] != "dev")
+    assert tuned["model"] == train["model_dir"] and tuned["adapter"] is None

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from lema.metrics import wilson_interval
 from lema.storage import Storage
+from pipelines.evaluate import select_checkpoint
 from pipelines.report import MAX_POINTS, binned, step_bars, write_report
 from pipelines.stage_io import StageDir
 
@@ -36,3 +38,33 @@ def test_report_of_a_run_at_scale_from_manifests(tmp_path):
     assert report.endswith("report.md") and "| sample | paths 2000000" in text and "| 666.7 |" in text
     for png in ("counts.png", "generators.png", "corrections.png", "training_loss.png"):
         assert (tmp_path / png).stat().st_size > 1000
+
+
+def _row(dataset: str, variant: str, pass_at_1: float, problems: int = 100) -> dict:
+    k = round(pass_at_1 * problems)
+    return {"dataset": dataset, "variant": variant, "problems": problems, "pass_at_1": pass_at_1,
+            "pass_at_1_lema_compat": pass_at_1, "ci95": list(wilson_interval(k, problems)), "pass_at_k": {}}
+
+
+def test_checkpoint_chosen_on_dev_beside_the_papers_protocol(tmp_path):
+    """The dev split picks step 20 (ties go to the later step); the test set's best is step 10:
+    the two protocols are reported side by side, each labelled, and base -> start -> tuned reads
+    with intervals (the dev rows stay out of that table)."""
+    rows = [_row("gsm8k-test", "base", 0.10), _row("gsm8k-test", "start", 0.20),
+            _row("gsm8k-test", "step_000010", 0.40), _row("gsm8k-test", "step_000020", 0.30),
+            _row("gsm8k-test", "tuned", 0.25),
+            _row("dev", "step_000010", 0.50, 20), _row("dev", "step_000020", 0.60, 20), _row("dev", "tuned", 0.60, 20)]
+    (sel,) = select_checkpoint(rows, final_step=30)
+    assert sel["dev_selected"]["step"] == 30 and sel["dev_selected"]["test_pass_at_1"] == 0.25
+    assert sel["paper_best_on_test"]["step"] == 10 and sel["paper_best_on_test"]["test_pass_at_1"] == 0.40
+    assert sel["paper_top3_mean_on_test"]["test_pass_at_1"] == round((0.40 + 0.30 + 0.25) / 3, 4)
+    assert sel["steps"] == [10, 20, 30] and sel["dev_problems"] == 20
+
+    StageDir(tmp_path, "train").write_manifest("h", steps=30, method="full")
+    StageDir(tmp_path, "evaluate").write_manifest("h", results=rows, selection=[sel])
+    write_report(Storage(tmp_path), ["train", "evaluate"])
+    text = (tmp_path / "report.md").read_text()
+    assert "| gsm8k-test | start | 100 | 0.200 [0.133, 0.289] |" in text and "| dev |" not in text
+    assert "(full fine-tuning)" in text
+    assert "| chosen on dev | 30 | 0.250 [" in text and "| best on test | 10 | 0.400 |" in text
+    assert (tmp_path / "checkpoints-gsm8k-test.png").stat().st_size > 1000
