@@ -6,6 +6,7 @@ from __future__ import annotations
 import sys
 import types
 
+import pytest
 from conftest import QLORA_TARGET
 from vllm_setup import chat, needs_vllm, vllm_engine
 
@@ -56,6 +57,7 @@ def test_vllm_serves_the_qlora_adapter_as_transformers_does(qlora_result):
     assert served[0].startswith(QLORA_TARGET[:8])  # what every training example said
 
 
+@pytest.mark.slow  # an engine load more: make slow_test and scripts/gpu_check.sh run it
 def test_vllm_serves_a_full_fine_tune_as_transformers_does(full_result, tiny_model):
     """The model directory of `train.method: full` loads in vLLM like a hub model: its greedy
     outputs equal the transformers engine's on the same directory, and differ from the base's."""
