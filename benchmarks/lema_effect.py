@@ -113,9 +113,9 @@ def run_arm(cfg: LemaConfig) -> dict[str, Any]:
             verdicts.setdefault(variant, {})[row["problem_id"]] = bool(row["correct"])
     # the arm's score: the checkpoint chosen on the dev split when there are several (train.checkpoints)
     selection = manifests["evaluate"].get("selection") or []
-    step = selection[0]["dev_selected"]["step"] if selection else None
-    chosen = "tuned" if step in (None, manifests["train"].get("steps")) else f"step_{step:06d}"
-    verdicts["selected"] = verdicts.get(chosen, {})
+    chosen = selection[0]["dev_selected"] if selection else {"variant": "tuned", "step": None}
+    step = chosen["step"]
+    verdicts["selected"] = verdicts.get(chosen["variant"], {})
     return {"run": cfg.run, "verdicts": verdicts, "manifests": manifests, "selected_step": step,
             "wall_s": {s: m.get("wall_s") for s, m in manifests.items()}, "total_s": time.perf_counter() - t0}
 

@@ -122,6 +122,18 @@ def resolve_model(name: str) -> str:
     return name
 
 
+def load_tokenizer(name: str):
+    """A model's tokenizer for generation/training: left padding, a pad token set (EOS when the
+    model has none, as Llama-2's)."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(resolve_model(name))
+    tok.padding_side = "left"
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
 def load_model_and_tokenizer(name: str, dtype: str = "auto", device: str = "auto", load_in_4bit: bool = False):
     """Load a causal LM and its tokenizer (left padding, a pad token set) for generation/training.
 
@@ -133,17 +145,14 @@ def load_model_and_tokenizer(name: str, dtype: str = "auto", device: str = "auto
             `dtype`, placed on `device` at load (bitsandbytes, on CUDA or the CPU).
     """
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if dtype == "auto":
         dtype = "bfloat16" if device.startswith("cuda") else "float32"
     path = resolve_model(name)
-    tok = AutoTokenizer.from_pretrained(path)
-    tok.padding_side = "left"
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
+    tok = load_tokenizer(path)
     if load_in_4bit:
         from transformers import BitsAndBytesConfig
 

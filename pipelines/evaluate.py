@@ -9,7 +9,7 @@ pass@1 is reported under both side by side.
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Any
+from typing import Any, NamedTuple
 
 from lema.config import GeneratorConfig, ProblemSourceConfig
 from lema.metrics import score_samples, wilson_interval
@@ -79,48 +79,54 @@ def dev_problems(ctx: RunContext) -> list[Problem]:
     return out[: cfg.evaluate.dev_count]
 
 
-def models_to_score(ctx: RunContext) -> tuple[list[tuple[str, str, str | None]], list[tuple[str, str, str | None]]]:
-    """(variant, model, adapter) of what the test sets score (base, the start adapter, the tuned
-    model) and of the snapshots of `train.checkpoints` before the last (`step_<N>`)."""
+class Scored(NamedTuple):
+    """A model the evaluate stage scores: its variant name, model, adapter and training step."""
+
+    variant: str  # base, start, tuned or step_<N> (a snapshot of train.checkpoints)
+    model: str
+    adapter: str | None
+    step: int | None  # the optimizer step it was saved at (None: not trained in this run)
+
+
+def models_to_score(ctx: RunContext) -> tuple[list[Scored], list[Scored]]:
+    """What the test sets score besides the checkpoints (base, the start adapter), and the
+    checkpoints: the tuned model and the snapshots of `train.checkpoints` before the last."""
     cfg, train = ctx.cfg, ctx.dir("train").manifest()
     base = cfg.base_model
     full = train.get("method") == "full"
 
-    def tuned(where: str) -> tuple[str, str | None]:
-        return (where, None) if full else (base, where)
+    def tuned(variant: str, where: str, step: int) -> Scored:
+        return Scored(variant, where, None, step) if full else Scored(variant, base, where, step)
 
-    variants: list[tuple[str, str, str | None]] = [("base", base, None)] if cfg.evaluate.base else []
+    references = [Scored("base", base, None, None)] if cfg.evaluate.base else []
     if cfg.evaluate.base and cfg.train.init_adapter:
-        variants.append(("start", base, cfg.train.init_adapter))
-    variants.append(("tuned", *tuned(train["model_dir" if full else "adapter_dir"])))
-    snapshots = [(f"step_{s['step']:06d}", *tuned(s["dir"])) for s in train.get("snapshots") or []
-                 if s["step"] != train["steps"]]
-    return variants, snapshots
+        references.append(Scored("start", base, cfg.train.init_adapter, None))
+    checkpoints = [tuned("tuned", train["model_dir" if full else "adapter_dir"], train["steps"])]
+    checkpoints += [tuned(f"step_{s['step']:06d}", s["dir"], s["step"]) for s in train.get("snapshots") or []
+                    if s["step"] != train["steps"]]
+    return references, checkpoints
 
 
-def select_checkpoint(rows: list[dict[str, Any]], final_step: int) -> list[dict[str, Any]]:
+def select_checkpoint(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per test set: the checkpoint chosen on the dev split (ties to the later step) with its test
     pass@1, beside the paper's protocol (the best of N on the test set, the mean of its top 3),
-    each labelled as what it is."""
-    def step(variant: str) -> int:
-        return final_step if variant == "tuned" else int(variant[len("step_"):])
-
-    candidates = {r["variant"] for r in rows if r["dataset"] == DEV}
+    each labelled as what it is. `rows`: the results table; the dev rows are the checkpoints'."""
     dev = {r["variant"]: r for r in rows if r["dataset"] == DEV}
-    chosen = max(candidates, key=lambda v: (dev[v]["pass_at_1"], step(v)))
+    chosen = max(dev.values(), key=lambda r: (r["pass_at_1"], r["step"]))
     out = []
     for label in sorted({r["dataset"] for r in rows} - {DEV}):
-        test = sorted((r for r in rows if r["dataset"] == label and r["variant"] in candidates),
-                      key=lambda r: (-r["pass_at_1"], -step(r["variant"])))
-        pick = next(r for r in test if r["variant"] == chosen)
+        test = sorted((r for r in rows if r["dataset"] == label and r["variant"] in dev),
+                      key=lambda r: (-r["pass_at_1"], -r["step"]))
+        pick = next(r for r in test if r["variant"] == chosen["variant"])
         out.append({
-            "dataset": label, "checkpoints": len(candidates), "steps": sorted(step(v) for v in candidates),
-            "dev_problems": dev[chosen]["problems"],
+            "dataset": label, "checkpoints": len(dev), "steps": sorted(r["step"] for r in dev.values()),
+            "dev_problems": chosen["problems"],
             "dev_selected": {"what": "chosen on the dev split (training problems held out of training): an honest "
-                                     "test figure", "step": step(chosen), "dev_pass_at_1": dev[chosen]["pass_at_1"],
+                                     "test figure", "step": chosen["step"], "variant": chosen["variant"],
+                             "dev_pass_at_1": chosen["pass_at_1"],
                              "test_pass_at_1": pick["pass_at_1"], "test_ci95": pick["ci95"]},
             "paper_best_on_test": {"what": "the paper's protocol: the best of the checkpoints on the test set "
-                                           "itself (optimistic)", "step": step(test[0]["variant"]),
+                                           "itself (optimistic)", "step": test[0]["step"],
                                    "test_pass_at_1": test[0]["pass_at_1"], "test_ci95": test[0]["ci95"]},
             "paper_top3_mean_on_test": {"what": "the paper's Table 5: the mean of the 3 best checkpoints on the "
                                                 "test set (optimistic)",
@@ -136,35 +142,37 @@ def run_evaluate(ctx: RunContext, stage: StageDir, stage_hash: str) -> dict[str,
     `results.json`: {"results": [a row per set and variant], "selection": [...]}."""
     cfg, timer = ctx.cfg, Timer()
     ev = cfg.evaluate
-    variants, snapshots = models_to_score(ctx)
+    references, checkpoints = models_to_score(ctx)
     sets = dict(eval_problems(ctx))
-    plan = [(label, v) for label in sets for v in variants + snapshots]
-    if snapshots:
+    plan = [(label, m) for label in sets for m in references + checkpoints]
+    selecting = len(checkpoints) > 1
+    if selecting:
         sets[DEV] = dev_problems(ctx)
-        plan += [(DEV, v) for v in [v for v in variants if v[0] == "tuned"] + snapshots]
-    runs = []  # (set label, variant, adapter dir, engine label, problem ids)
-    for label, (variant, model, adapter_dir) in plan:
+        plan += [(DEV, m) for m in checkpoints]
+    runs = []  # (set label, what is scored, engine label)
+    for label, m in plan:
         rows = [p.to_dict() for p in sets[label]]
-        engine = ev.engine.model_copy(update={"model": model, "adapter": adapter_dir,
-                                              "name": f"{cfg.base_model}+{variant}"})
-        prefix = f"{label}--{variant}-"
+        engine = ev.engine.model_copy(update={"model": m.model, "adapter": m.adapter,
+                                              "name": f"{cfg.base_model}+{m.variant}"})
+        prefix = f"{label}--{m.variant}-"
         sample_chunks(cfg, stage, list_chunks(stage, rows, "id", ev.pool.batch_size, prefix), len(rows),
                       GeneratorConfig(engine=engine, sampling=ev.sampling), ev.pool,
-                      prefix=prefix, desc=f"evaluate {label} {variant}", compat=True)
-        runs.append((label, variant, model, adapter_dir, engine.label, {p.id for p in sets[label]}))
+                      prefix=prefix, desc=f"evaluate {label} {m.variant}", compat=True)
+        runs.append((label, m, engine.label))
 
     all_preds = stage.read_rows()
     table: list[dict[str, Any]] = []
-    for label, variant, model, adapter_dir, engine_label, ids in runs:
+    for label, m, engine_label in runs:
+        ids = {p.id for p in sets[label]}
         s = score([r for r in all_preds if r["generator"] == engine_label and r["problem_id"] in ids], ev.k)
         result = EvalResult(
-            model=model, adapter=adapter_dir, dataset=label, n=s.get("n", 0),
+            model=m.model, adapter=m.adapter, dataset=label, n=s.get("n", 0),
             problems=s["problems"], pass_at_1=s["pass_at_1"], pass_at_k=s["pass_at_k"],
             majority=s["majority"], pass_at_1_lema_compat=s["pass_at_1_lema_compat"],
-            predictions_file=stage.part(f"{label}--{variant}-*").uri,
+            predictions_file=stage.part(f"{label}--{m.variant}-*").uri,
         )
-        table.append(dict(result.to_dict(), variant=variant, ci95=s["ci95"]))
-    selection = select_checkpoint(table, ctx.dir("train").manifest()["steps"]) if snapshots else None
+        table.append(dict(result.to_dict(), variant=m.variant, step=m.step, ci95=s["ci95"]))
+    selection = select_checkpoint(table) if selecting else None
     stage.file("results.json").write_json({"results": table, "selection": selection})
     return stage.write_manifest(stage_hash, results=table, selection=selection, headline_mode=cfg.grading_mode,
                                 wall_s=timer.seconds)

@@ -161,7 +161,7 @@ def write_report(run_dir: Storage, stages: list[str]) -> str:
                and r["dataset"] != "dev"]
     if results:
         data = m.get("data", {})
-        method = {"full": "full fine-tuning"}.get(train.get("method", "lora"), train.get("method", "lora"))
+        method = "full fine-tuning" if train.get("method") == "full" else train.get("method", "lora")
         lines += ["## Base, start and tuned model", "",
                   f"The tuned model ({method}) was trained on {data.get('cot', 0)} CoT examples and "
                   f"{data.get('correction', 0)} verified corrections"
@@ -191,16 +191,12 @@ def write_report(run_dir: Storage, stages: list[str]) -> str:
                   f"{d['test_ci95'][1]:.3f}] | {d['what']} |",
                   f"| best on test | {b['step']} | {b['test_pass_at_1']:.3f} | {b['what']} |",
                   f"| top-3 mean on test | | {t['test_pass_at_1']:.3f} | {t['what']} |", ""]
-        rows = {r["variant"]: r for r in evaluate["results"]
-                if r["dataset"] == sel["dataset"] and r["variant"] not in ("base", "start")}
-        dev = {r["variant"]: r for r in evaluate["results"] if r["dataset"] == "dev"}
-        steps = {v: (train.get("steps", 0) if v == "tuned" else int(v[len("step_"):])) for v in rows}
-        order = sorted(rows, key=steps.get)
         fig, ax = plt.subplots(figsize=(6, 3.2))
-        ax.plot([steps[v] for v in order], [rows[v]["pass_at_1"] for v in order], "o-",
-                label=f"{sel['dataset']} (test)")
-        ax.plot([steps[v] for v in order if v in dev], [dev[v]["pass_at_1"] for v in order if v in dev], "s--",
-                label="dev (training problems held out)")
+        for dataset, style, label in ((sel["dataset"], "o-", f"{sel['dataset']} (test)"),
+                                      ("dev", "s--", "dev (training problems held out)")):
+            curve = sorted((r["step"], r["pass_at_1"]) for r in evaluate["results"]
+                           if r["dataset"] == dataset and r.get("step") is not None)
+            ax.plot(*zip(*curve), style, label=label)
         ax.axvline(d["step"], color="grey", linestyle=":", label="chosen on dev")
         ax.set_xlabel("optimizer step")
         ax.set_ylabel("pass@1")

@@ -86,7 +86,8 @@ def stage_metrics(stage: str, manifest: dict[str, Any]) -> list[tuple[str, float
     for h in manifest.get("history") or []:
         points += [(f"{stage}/{k}", float(h[k]), int(h["step"])) for k in HISTORY_KEYS if h.get(k) is not None]
     for r in manifest.get("results") or []:
-        figures = {k: v for k, v in r.items() if k not in ("dataset", "variant")}
+        # the row's ci95 and step: pass_at_1_ci95 below, and no figure (base and start have no step)
+        figures = {k: v for k, v in r.items() if k not in ("dataset", "variant", "ci95", "step")}
         n = int(r.get("problems") or 0)
         for mode in ("pass_at_1", "pass_at_1_lema_compat"):  # on problems: pass@1 rounded to whole ones
             if r.get(mode) is not None:

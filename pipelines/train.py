@@ -95,27 +95,24 @@ def _save_checkpoint_and_report(
 
     full, rank = state["full"], state["rank"]
     model, optimizer = state["model"], state["optimizer"]
+    deliver = final or snapshot  # the tuned adapter or model, loadable alone
     with tempfile.TemporaryDirectory() as tmp:
         if full:
             sft.save_sharded_state(tmp, model, optimizer)
-        weights = sft.full_state_dict(model) if full and (final or snapshot) else None  # a collective
-        checkpoint = None
+        weights = sft.full_state_dict(model) if full and deliver else None  # a collective
         if rank == 0:
             sft.save_training_state(tmp, None if full else model, None if full else optimizer,
                                     state["scheduler"], step, state["history"], state["extra"])
             out = Path(tmp) / (sft.MODEL_DIR if full else sft.ADAPTER_DIR)
-            if full and (final or snapshot):
+            if deliver and full:
                 sft.save_model(model, weights, state["tokenizer"], out, state["dtype"])
-            elif final:
+            elif deliver:
                 state["tokenizer"].save_pretrained(out)
-                if state["merge"]:
-                    sft.merge_adapter(state["base_model"], out, Path(tmp) / "merged", state["dtype"])
+            if final and state["merge"]:
+                sft.merge_adapter(state["base_model"], out, Path(tmp) / "merged", state["dtype"])
             if snapshot:  # straight to storage: Ray keeps only the last checkpoints
-                if not full:
-                    state["tokenizer"].save_pretrained(out)
                 Storage(out).copy_to(Storage(state["snapshots"]).join(f"step_{step:06d}"))
-        if rank == 0 or full:
-            checkpoint = ray.train.Checkpoint.from_directory(tmp)
+        checkpoint = ray.train.Checkpoint.from_directory(tmp) if rank == 0 or full else None
         ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=f"checkpoint_{step:06d}")
 
 
@@ -128,7 +125,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     from lema import sft
     from lema.engines import resolve_prompt_format
-    from lema.models import load_model_and_tokenizer, resolve_model
+    from lema.models import load_model_and_tokenizer, load_tokenizer
 
     cfg = TrainConfig.model_validate(config["train"])
     if cfg.torch_threads is not None:
@@ -148,9 +145,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     # on the CPU, then prepare_model moves it to this worker's device; a 4-bit model loads there.
     # FSDP: rank 0 alone loads the weights, the other ranks start from the architecture
     if fsdp and rank != 0:
-        from transformers import AutoTokenizer
-
-        base, tokenizer = sft.empty_model(cfg.base_model), AutoTokenizer.from_pretrained(resolve_model(cfg.base_model))
+        base, tokenizer = sft.empty_model(cfg.base_model), load_tokenizer(cfg.base_model)
     else:
         base, tokenizer = load_model_and_tokenizer(cfg.base_model, dtype=dtype, load_in_4bit=cfg.load_in_4bit,
                                                    device=str(device) if cfg.load_in_4bit else "cpu")

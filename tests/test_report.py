@@ -42,7 +42,8 @@ def test_report_of_a_run_at_scale_from_manifests(tmp_path):
 
 def _row(dataset: str, variant: str, pass_at_1: float, problems: int = 100) -> dict:
     k = round(pass_at_1 * problems)
-    return {"dataset": dataset, "variant": variant, "problems": problems, "pass_at_1": pass_at_1,
+    step = 30 if variant == "tuned" else int(variant[len("step_"):]) if variant.startswith("step_") else None
+    return {"dataset": dataset, "variant": variant, "step": step, "problems": problems, "pass_at_1": pass_at_1,
             "pass_at_1_lema_compat": pass_at_1, "ci95": list(wilson_interval(k, problems)), "pass_at_k": {}}
 
 
@@ -54,7 +55,7 @@ def test_checkpoint_chosen_on_dev_beside_the_papers_protocol(tmp_path):
             _row("gsm8k-test", "step_000010", 0.40), _row("gsm8k-test", "step_000020", 0.30),
             _row("gsm8k-test", "tuned", 0.25),
             _row("dev", "step_000010", 0.50, 20), _row("dev", "step_000020", 0.60, 20), _row("dev", "tuned", 0.60, 20)]
-    (sel,) = select_checkpoint(rows, final_step=30)
+    (sel,) = select_checkpoint(rows)
     assert sel["dev_selected"]["step"] == 30 and sel["dev_selected"]["test_pass_at_1"] == 0.25
     assert sel["paper_best_on_test"]["step"] == 10 and sel["paper_best_on_test"]["test_pass_at_1"] == 0.40
     assert sel["paper_top3_mean_on_test"]["test_pass_at_1"] == round((0.40 + 0.30 + 0.25) / 3, 4)
